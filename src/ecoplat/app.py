@@ -1,0 +1,99 @@
+"""FastAPI app factory: mounts each domain's routers and runtime; no logic of its own."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from ecoplat.config import Settings
+from ecoplat.db import Database
+from ecoplat.errors import BodySizeLimit, install_error_handlers
+from ecoplat.events import EventBus, make_event_bus
+
+log = logging.getLogger(__name__)
+
+# Domain folders, in start-up order. Each may have api.py (`router`), pages.py (`router`) and
+# runtime.py (`async start(app)`, `async stop(app)`) for background work such as ingest.
+DOMAINS = ["tenancy", "telemetry", "connect", "alarms", "web"]
+
+HTTP_REQUESTS = Counter("ecoplat_http_requests_total", "HTTP requests", ["method", "route", "status"])
+HTTP_LATENCY = Histogram("ecoplat_http_request_seconds", "HTTP request latency", ["method", "route"],
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+def _domain_module(domain: str, name: str) -> Any | None:
+    mod = f"ecoplat.{domain}.{name}"
+    if importlib.util.find_spec(mod) is None:
+        return None
+    return importlib.import_module(mod)
+
+
+def create_app(settings: Settings | None = None, *, database: Database | None = None,
+               events: EventBus | None = None, start_runtime: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    database = database or Database(settings.resolved_database_url)
+    events = events or make_event_bus(settings.events_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await events.start()
+        started: list[Any] = []
+        try:
+            if start_runtime:
+                for domain in DOMAINS:
+                    runtime = _domain_module(domain, "runtime")
+                    if runtime is not None:
+                        await runtime.start(app)
+                        started.append(runtime)
+            yield
+        finally:
+            for runtime in reversed(started):
+                try:
+                    await runtime.stop(app)
+                except Exception:
+                    log.exception("stopping %s failed", runtime.__name__)
+            await events.stop()
+
+    app = FastAPI(
+        title="Ecoplat",
+        version="0.1.0",
+        summary="An open industrial-internet platform for industry ecosystems.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.db = database
+    app.state.events = events
+
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.middleware("http")
+    async def _metrics(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        HTTP_LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
+        HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for domain in DOMAINS:
+        for name in ("api", "pages"):
+            module = _domain_module(domain, name)
+            if module is not None and hasattr(module, "router"):
+                app.include_router(module.router)
+    return app

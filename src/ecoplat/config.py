@@ -1,0 +1,89 @@
+"""Settings: every one has an embedded default and can be set as ECOPLAT_<NAME>."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ECOPLAT_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(default=Path("./var"), description="Where the embedded defaults keep their files.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/ecoplat.db. "
+        "postgresql+psycopg://user@host/db switches to PostgreSQL.",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    base_url: str | None = None
+
+    # auth
+    secret_key: str | None = Field(default=None, description="JWT signing key; default: generated once into <data_dir>/secret.key")
+    access_token_minutes: int = 15
+    refresh_token_days: int = 7
+    login_free_attempts: int = 3
+    login_max_delay_seconds: int = 60
+
+    # http
+    max_body_bytes: int = 1_048_576
+    page_size_default: int = 50
+    page_size_max: int = 500
+
+    # mqtt / ingest
+    mqtt_enabled: bool = True
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_bridge_url: str | None = Field(
+        default=None,
+        description="mqtt://host:port of an external broker to subscribe to (bridge mode); unset = embedded amqtt broker.",
+    )
+    mqtt_bridge_topics: str = "v1/devices/+/telemetry,v1/devices/+/attributes,v1/gateway/telemetry,v1/gateway/attributes,v1/gateway/connect"
+    mqtt_bridge_share_group: str = "ecoplat"
+    ingest_batch_max_points: int = 5000
+    ingest_batch_max_ms: int = 50
+    ingest_queue_max_points: int = 200_000
+    max_payload_bytes: int = 65_536
+
+    # events
+    events_url: str | None = Field(default=None, description="redis://… to share events across processes; unset = in-process.")
+
+    # logging
+    log_level: str = "INFO"
+    log_json: bool | None = None
+
+    # demo
+    demo_simulate_devices: int = 6
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ecoplat.db').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    def ensure_data_dir(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir
+
+    @cached_property
+    def resolved_secret_key(self) -> str:
+        if self.secret_key:
+            return self.secret_key
+        path = self.ensure_data_dir() / "secret.key"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+def get_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

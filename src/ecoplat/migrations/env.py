@@ -1,0 +1,37 @@
+"""Alembic environment: uses the connection handed in by ecoplat.migrations_runner, or the URL."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from ecoplat.db import Base, make_engine
+from ecoplat.models import load_all_models
+
+load_all_models()
+config = context.config
+target_metadata = Base.metadata
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = make_engine(config.get_main_option("sqlalchemy.url"))
+    with engine.begin() as conn:
+        _run(conn)
+    engine.dispose()
+
+
+def _run(connection) -> None:  # type: ignore[no-untyped-def]
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+run_migrations_online()
