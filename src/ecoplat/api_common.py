@@ -1,0 +1,18 @@
+"""Small helpers every domain's API shares: id path parameters and the caller's address."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path, Request
+
+# Ids are 32-bit on PostgreSQL; a larger number can name no row, and binding it would fail in
+# the driver instead of answering a clean 404/422.
+MAX_ID = 2_147_483_647
+
+ObjectId = Annotated[int, Path(ge=1, le=MAX_ID, description="The object's id.")]
+
+
+def client_ip(request: Request) -> str:
+    """The caller's address for the audit trail."""
+    return request.client.host if request.client else ""
