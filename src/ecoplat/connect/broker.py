@@ -1,0 +1,203 @@
+"""The embedded MQTT broker: amqtt 0.12 running in the app's event loop.
+
+amqtt alone would queue every PUBLISH on the session, PUBACK it at once and then fan it out to
+subscribers. For the ThingsBoard device API that is both wrong and slow: wrong because a QoS 1
+PUBACK must mean "durable" (ISSUE 3), slow because the fan-out machinery costs more than the
+ingest itself. So the connection handler is replaced by `_DeviceProtocolHandler`, which hands
+every publish on an API topic straight to the `MqttDeviceApi` and sends the PUBACK only when that
+returns (i.e. after `ingest.submit` returned = the batch is durable). Everything else (CONNECT,
+SUBSCRIBE, keep-alive, outgoing QoS 1 to devices) stays amqtt's.
+
+Authentication (username = device access token) and the topic ACL are the broker's
+`_authenticate` / `_topic_filtering` hooks, which is where amqtt itself calls its auth and topic
+plugins; doing it here keeps the device reference on the amqtt session without a global."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.mqtt.constants import QOS_0, QOS_1
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.puback import PubackPacket
+from amqtt.mqtt.publish import PublishPacket
+from amqtt.session import Session
+
+if TYPE_CHECKING:
+    from ecoplat.connect.mqtt import MqttDeviceApi
+
+log = logging.getLogger(__name__)
+
+
+class _DeviceProtocolHandler(BrokerProtocolHandler):
+    """amqtt's per-connection handler, with API publishes processed before the PUBACK."""
+
+    device_api: MqttDeviceApi
+
+    async def handle_publish(self, publish_packet: PublishPacket) -> None:
+        session = self.session
+        ref = getattr(session, "ecoplat_device", None) if session is not None else None
+        topic = publish_packet.topic_name
+        qos = publish_packet.qos
+        if ref is None or topic is None or qos not in (QOS_0, QOS_1):
+            # QoS 2 (not used by ThingsBoard clients) and anything unauthenticated keep amqtt's
+            # own flow; the broker's topic filter then handles (or refuses) the message.
+            await super().handle_publish(publish_packet)
+            return
+        data = publish_packet.data or b""
+        try:
+            await self.device_api.on_publish(ref, topic, bytes(data), self._connection)
+        except Exception:  # a bug in one message must never take the connection down
+            log.exception("processing MQTT publish on %s failed", topic)
+            self.device_api.ingest.reject(ref.device_id, "internal_error", f"{topic}: see server log")
+        if qos == QOS_1 and publish_packet.variable_header is not None:
+            await self._send_packet(PubackPacket.build(publish_packet.variable_header.packet_id))
+
+    @property
+    def _connection(self) -> DeviceConnection:
+        conn: DeviceConnection | None = getattr(self, "_ecoplat_connection", None)
+        if conn is None:
+            conn = self._ecoplat_connection = DeviceConnection(self)
+        return conn
+
+
+class DeviceConnection:
+    """What the device API needs from one live connection: publish back to that device only.
+
+    ThingsBoard devices all subscribe to the same `v1/devices/me/...` topics, so answers (RPC
+    requests, attribute responses, shared-attribute pushes) must go to one session, never through
+    the broker's topic fan-out."""
+
+    def __init__(self, handler: BrokerProtocolHandler) -> None:
+        self._handler = handler
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DeviceConnection) and other._handler is self._handler
+
+    def __hash__(self) -> int:
+        return id(self._handler)
+
+    @property
+    def client_id(self) -> str:
+        session = self._handler.session
+        return session.client_id if session is not None and session.client_id else ""
+
+    async def publish(self, topic: str, payload: bytes, qos: int = QOS_1) -> None:
+        if self._handler.session is None:
+            return
+        # QoS 1 waits for the device's PUBACK (amqtt times out after 5 s); a device that went away
+        # must not hold the caller, so errors are logged, not raised.
+        try:
+            await self._handler.mqtt_publish(topic, payload, qos, False)
+        except (TimeoutError, ConnectionError) as e:
+            log.info("publish to %s on %s failed: %s", self.client_id, topic, e)
+        except Exception:
+            log.exception("publish to %s on %s failed", self.client_id, topic)
+
+
+class EmbeddedBroker(Broker):
+    """amqtt's Broker with the device token auth, the device API topic ACL and the ingest handler."""
+
+    def __init__(self, device_api: MqttDeviceApi, *, host: str, port: int,
+                 max_connections: int = -1) -> None:
+        config: dict[str, Any] = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}",
+                                      "max_connections": max_connections}},
+            # No amqtt plugins at all: no anonymous login, no $SYS tree; our hooks below decide.
+            "plugins": {},
+            "timeout_disconnect_delay": 2,
+            "session_expiry_interval": 3600,
+        }
+        super().__init__(config)
+        self.device_api = device_api
+
+    async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str,
+                                         remote_port: int) -> tuple[BrokerProtocolHandler, Session]:
+        handler, session = await super()._initialize_client_session(reader, writer, remote_address,
+                                                                    remote_port)
+        # amqtt builds its own handler class from the CONNECT packet; we take it over here,
+        # before it is attached or started, so every PUBLISH goes through handle_publish above.
+        handler.__class__ = _DeviceProtocolHandler
+        handler.device_api = self.device_api  # type: ignore[attr-defined]
+        return handler, session
+
+    async def _authenticate(self, session: Session, _listener: Any) -> bool:
+        ref = await self.device_api.authenticate(session.username, session.password,
+                                                 client_id=session.client_id)
+        session.ecoplat_device = ref  # type: ignore[attr-defined]
+        return ref is not None
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        ref = getattr(session, "ecoplat_device", None)
+        if ref is None:
+            return False
+        if action == Action.SUBSCRIBE:
+            return self.device_api.may_subscribe(ref, topic)
+        # A publish reaches the broker's own delivery only when the handler let it through
+        # (QoS 2): API topics are processed there; everything else is outside the API.
+        self.device_api.reject_foreign_topic(ref, topic)
+        return False
+
+    async def _handle_message_delivery(self, client_session: Session, handler: BrokerProtocolHandler,
+                                       wait_deliver: asyncio.Future[Any]) -> bool:
+        app_message = wait_deliver.result()
+        ref = getattr(client_session, "ecoplat_device", None)
+        if app_message is not None and ref is not None and app_message.topic:
+            conn = DeviceConnection(handler)
+            try:
+                await self.device_api.on_publish(ref, app_message.topic, bytes(app_message.data or b""),
+                                                 conn)
+            except Exception:
+                log.exception("processing MQTT publish on %s failed", app_message.topic)
+            return True
+        return await super()._handle_message_delivery(client_session, handler, wait_deliver)
+
+    async def _client_message_loop(self, client_session: Session, handler: BrokerProtocolHandler) -> None:
+        # Runs once CONNACK is sent and the handler started: the device is reachable from now on.
+        ref = getattr(client_session, "ecoplat_device", None)
+        conn = DeviceConnection(handler)
+        if ref is not None:
+            self.device_api.connection_opened(ref, client_session.client_id or "", conn)
+        try:
+            await super()._client_message_loop(client_session, handler)
+        finally:
+            if ref is not None:
+                self.device_api.connection_closed(ref, client_session.client_id or "", conn)
+
+    def connection_for(self, client_id: str) -> DeviceConnection | None:
+        entry = self._sessions.get(client_id)
+        if entry is None:
+            return None
+        session, handler = entry
+        if not session.transitions.is_connected():
+            return None
+        return DeviceConnection(handler)
+
+    def is_subscribed(self, client_id: str, topic: str) -> bool:
+        """Whether the client holds a subscription whose filter matches topic (MQTT 4.7 rules)."""
+        for topic_filter, subscribers in self._subscriptions.items():
+            if any(s.client_id == client_id for s, _ in subscribers) and topic_matches(topic_filter, topic):
+                return True
+        return False
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.shutdown()
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic filter matching with '+' and '#' (MQTT 3.1.1 section 4.7)."""
+    f_levels = topic_filter.split("/")
+    t_levels = topic.split("/")
+    for i, f in enumerate(f_levels):
+        if f == "#":
+            return True
+        if i >= len(t_levels):
+            return False
+        if f != "+" and f != t_levels[i]:
+            return False
+    return len(f_levels) == len(t_levels)
