@@ -1,0 +1,706 @@
+"""The alarm rule engine: compile rules once, evaluate each ingested point with a dict lookup.
+
+Pure computation, no I/O. The runtime feeds it the points of every durable ingest batch and a
+timer tick; it answers with *condition changes* (an alarm condition became active or cleared),
+which the ISA-18.2 state machine in ``state.py`` turns into alarm transitions.
+
+Time is the point's own timestamp (ms since the epoch, UTC), never the wall clock, so on-delay,
+off-delay, rate windows and stale data are reproducible to the millisecond. Only ``tick(now_ms)``
+brings wall time in, for the conditions no point can reveal (stale data, delays that expire
+while a device is silent).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import string
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from simpleeval import SimpleEval
+
+from ecoplat.telemetry.points import Point, Value
+
+
+class RuleKind(StrEnum):
+    """Alarm types as ISA-18.2 names them (absolute limits HI/HIHI/LO/LOLO and the rest)."""
+
+    high = "high"
+    high_high = "high_high"
+    low = "low"
+    low_low = "low_low"
+    rate_of_change = "rate_of_change"
+    deviation = "deviation"
+    stale = "stale"
+    state_match = "state_match"
+    expression = "expression"
+
+
+class RuleError(ValueError):
+    """A rule that cannot be compiled; the message says what to change (the API answers 422)."""
+
+    def __init__(self, message: str, field: str = "params") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """A rule as stored, the engine's input."""
+
+    id: int
+    enterprise_id: int
+    kind: RuleKind | str
+    key: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    priority: int = 3
+    deadband: float = 0.0
+    on_delay_s: float = 0.0
+    off_delay_s: float = 0.0
+    message_template: str = ""
+    device_id: int | None = None
+    profile_id: int | None = None
+    name: str = ""
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    id: int
+    enterprise_id: int
+    profile_id: int | None
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionChange:
+    """The alarm condition of (rule, device) became active (True) or cleared (False) at ``at``."""
+
+    rule_id: int
+    device_id: int
+    enterprise_id: int
+    active: bool
+    at: int
+    value: Value | None
+    limit: float | None
+    priority: int
+    message: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Message templates
+
+
+TEMPLATE_FIELDS = frozenset({"device", "key", "value", "limit", "unit", "rule"})
+MAX_TEMPLATE_LENGTH = 500
+_formatter = string.Formatter()
+
+
+def validate_template(template: str) -> None:
+    """Only the documented placeholders, no attribute or index access, no nested fields."""
+    if len(template) > MAX_TEMPLATE_LENGTH:
+        raise RuleError(f"The message template is longer than {MAX_TEMPLATE_LENGTH} characters.",
+                        "message_template")
+    try:
+        parsed = list(_formatter.parse(template))
+    except ValueError as e:
+        raise RuleError(f"The message template is malformed ({e}); write placeholders like "
+                        "{device} or {value:.1f}, and double braces for a literal brace.",
+                        "message_template") from e
+    for _literal, name, spec, _conv in parsed:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS:
+            raise RuleError(f"Unknown placeholder {{{name}}} in the message template; use only "
+                            + ", ".join("{" + f + "}" for f in sorted(TEMPLATE_FIELDS)) + ".",
+                            "message_template")
+        if spec and "{" in spec:
+            raise RuleError("Nested placeholders are not allowed in the message template.",
+                            "message_template")
+
+
+def render_message(template: str, **values: Any) -> str:
+    """Formats a validated template; a format spec that does not fit the value (e.g. ``:.1f`` on a
+    string) falls back to the plain value rather than losing the alarm message."""
+    out: list[str] = []
+    for literal, name, spec, conv in _formatter.parse(template):
+        out.append(literal)
+        if name is None:
+            continue
+        value = values.get(name, "")
+        if conv == "r":
+            value = repr(value)
+        elif conv in ("s", "a"):
+            value = str(value)
+        try:
+            out.append(format(value, spec or ""))
+        except (ValueError, TypeError):
+            out.append(str(value))
+    return "".join(out)
+
+
+DEFAULT_TEMPLATES = {
+    RuleKind.high: "{device} {key} high: {value} {unit} > {limit} {unit}",
+    RuleKind.high_high: "{device} {key} high-high: {value} {unit} > {limit} {unit}",
+    RuleKind.low: "{device} {key} low: {value} {unit} < {limit} {unit}",
+    RuleKind.low_low: "{device} {key} low-low: {value} {unit} < {limit} {unit}",
+    RuleKind.rate_of_change: "{device} {key} changing too fast: {value} {unit} per interval, limit {limit}",
+    RuleKind.deviation: "{device} {key} deviates by {value} {unit} (limit {limit} {unit})",
+    RuleKind.stale: "{device} {key}: no value for {limit} s",
+    RuleKind.state_match: "{device} {key} is {value}",
+    RuleKind.expression: "{device}: {rule}",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe expressions (simpleeval, with our own whitelist of syntax checked once at rule creation)
+
+MAX_EXPRESSION_LENGTH = 500
+EXPRESSION_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "abs": abs, "min": min, "max": max, "round": round,
+}
+_ALLOWED_NODES: tuple[type[ast.AST], ...] = (
+    ast.Expression, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.IfExp, ast.Call,
+    ast.Name, ast.Constant, ast.Load,
+    ast.And, ast.Or, ast.Not, ast.USub, ast.UAdd,
+    ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow,
+    ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE,
+)
+_NODE_WORDS = {
+    ast.Attribute: "attribute access (a.b)", ast.Subscript: "indexing (a[b])",
+    ast.Lambda: "lambdas", ast.ListComp: "comprehensions", ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions", ast.GeneratorExp: "comprehensions",
+    ast.NamedExpr: "assignment (:=)", ast.JoinedStr: "f-strings", ast.Starred: "unpacking",
+    ast.List: "lists", ast.Tuple: "tuples", ast.Dict: "dicts", ast.Set: "sets",
+    ast.Await: "await", ast.Yield: "yield",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledExpression:
+    source: str
+    tree: ast.AST
+    names: tuple[str, ...]
+
+
+def compile_expression(source: str) -> CompiledExpression:
+    """Parses and checks an expression once; raises RuleError with a message a person can act on.
+
+    Allowed: numbers, strings, True/False, the device's telemetry keys as names, arithmetic,
+    comparisons, and/or/not, ``x if c else y`` and the functions abs, min, max, round."""
+    source = source.strip()
+    if not source:
+        raise RuleError("The expression is empty.", "params.expression")
+    if len(source) > MAX_EXPRESSION_LENGTH:
+        raise RuleError(f"The expression is {len(source)} characters long; at most "
+                        f"{MAX_EXPRESSION_LENGTH} are allowed.", "params.expression")
+    try:
+        module = ast.parse(source, mode="eval")
+    except SyntaxError as e:
+        raise RuleError(f"The expression is not valid: {e.msg} at column {e.offset}.",
+                        "params.expression") from e
+    names: list[str] = []
+    for node in ast.walk(module):
+        if isinstance(node, ast.Name):
+            if node.id.startswith("_"):
+                raise RuleError(f"Names starting with '_' ({node.id}) are not allowed in expressions.",
+                                "params.expression")
+            if node.id not in EXPRESSION_FUNCTIONS and node.id not in names:
+                names.append(node.id)
+        elif isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in EXPRESSION_FUNCTIONS:
+                called = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
+                raise RuleError(f"Calling '{called}' is not allowed; the expression may call only "
+                                + ", ".join(sorted(EXPRESSION_FUNCTIONS)) + ".", "params.expression")
+            if node.keywords:
+                raise RuleError("Keyword arguments are not allowed in expressions.", "params.expression")
+        elif isinstance(node, ast.Constant):
+            if isinstance(node.value, str) and len(node.value) > 200:
+                raise RuleError("String constants in expressions are limited to 200 characters.",
+                                "params.expression")
+            if isinstance(node.value, bytes | complex) or node.value is Ellipsis:
+                raise RuleError("Only numbers, strings, True, False and None may appear as constants.",
+                                "params.expression")
+        elif not isinstance(node, _ALLOWED_NODES):
+            what = _NODE_WORDS.get(type(node), type(node).__name__)
+            raise RuleError(f"The expression uses {what}, which is not allowed; use telemetry keys, "
+                            "numbers, arithmetic, comparisons, and/or/not and "
+                            + ", ".join(sorted(EXPRESSION_FUNCTIONS)) + ".", "params.expression")
+    if not names:
+        raise RuleError("The expression names no telemetry key, so it could never change.",
+                        "params.expression")
+    return CompiledExpression(source, module.body, tuple(names))
+
+
+def _make_evaluator() -> SimpleEval:
+    return SimpleEval(functions=dict(EXPRESSION_FUNCTIONS), names={})
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled rules
+
+
+def _number(params: Mapping[str, Any], name: str, *, required: bool = True,
+            default: float | None = None, minimum: float | None = None) -> float | None:
+    raw = params.get(name, default)
+    if raw is None:
+        if required:
+            raise RuleError(f"params.{name} is required for this kind of rule.", f"params.{name}")
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise RuleError(f"params.{name} must be a number, not {raw!r}.", f"params.{name}")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise RuleError(f"params.{name} must be finite.", f"params.{name}")
+    if minimum is not None and value < minimum:
+        raise RuleError(f"params.{name} must be at least {minimum:g}.", f"params.{name}")
+    return value
+
+
+@dataclass(slots=True)
+class CompiledRule:
+    spec: RuleSpec
+    kind: RuleKind
+    keys: tuple[str, ...]
+    limit: float | None
+    setpoint: float | None = None
+    reference_key: str | None = None
+    rate_per_ms: float = 1.0
+    window_ms: int = 60_000
+    direction: str = "both"
+    match_values: tuple[Value, ...] = ()
+    expression: CompiledExpression | None = None
+    stale_ms: int = 0
+    unit: str = ""
+    template: str = ""
+    on_delay_ms: int = 0
+    off_delay_ms: int = 0
+    evaluator: SimpleEval | None = None  # one per rule, used under the engine's lock
+
+
+def compile_rule(spec: RuleSpec) -> CompiledRule:
+    """Checks a rule and prepares everything evaluation needs; raises RuleError if it is wrong."""
+    try:
+        kind = RuleKind(spec.kind)
+    except ValueError as e:
+        raise RuleError(f"Unknown rule kind {spec.kind!r}; use one of "
+                        + ", ".join(k.value for k in RuleKind) + ".", "kind") from e
+    if not 1 <= int(spec.priority) <= 4:
+        raise RuleError("priority must be 1 (highest) to 4 (lowest).", "priority")
+    for name in ("deadband", "on_delay_s", "off_delay_s"):
+        v = getattr(spec, name)
+        if not math.isfinite(v) or v < 0:
+            raise RuleError(f"{name} must be zero or positive.", name)
+    if (spec.device_id is None) == (spec.profile_id is None):
+        raise RuleError("A rule attaches to exactly one of device_id or profile_id.", "device_id")
+    params = spec.params or {}
+    template = spec.message_template or DEFAULT_TEMPLATES[kind]
+    validate_template(template)
+    unit = params.get("unit", "")
+    if not isinstance(unit, str) or len(unit) > 32:
+        raise RuleError("params.unit must be a short text (a UCUM code such as Cel or kPa).", "params.unit")
+    keys: tuple[str, ...] = (spec.key,)
+    if kind != RuleKind.expression and not spec.key:
+        raise RuleError("key (the telemetry key the rule watches) is required.", "key")
+    rule = CompiledRule(spec=spec, kind=kind, keys=keys, limit=None, unit=unit, template=template,
+                        on_delay_ms=round(spec.on_delay_s * 1000), off_delay_ms=round(spec.off_delay_s * 1000))
+    if kind in (RuleKind.high, RuleKind.high_high, RuleKind.low, RuleKind.low_low):
+        rule.limit = _number(params, "limit")
+    elif kind == RuleKind.rate_of_change:
+        rule.limit = _number(params, "limit", minimum=0)
+        per = params.get("per", "second")
+        if per not in ("second", "minute"):
+            raise RuleError("params.per must be 'second' or 'minute'.", "params.per")
+        rule.rate_per_ms = 1000.0 if per == "second" else 60_000.0
+        window_s = _number(params, "window_s", required=False, default=60, minimum=0.001)
+        rule.window_ms = round((window_s or 60) * 1000)
+        direction = params.get("direction", "both")
+        if direction not in ("rise", "fall", "both"):
+            raise RuleError("params.direction must be 'rise', 'fall' or 'both'.", "params.direction")
+        rule.direction = direction
+    elif kind == RuleKind.deviation:
+        rule.limit = _number(params, "limit", minimum=0)
+        ref = params.get("reference_key")
+        if ref is not None:
+            if not isinstance(ref, str) or not ref or ref == spec.key:
+                raise RuleError("params.reference_key must name another telemetry key of the device.",
+                                "params.reference_key")
+            rule.reference_key = ref
+            rule.keys = (spec.key, ref)
+        else:
+            rule.setpoint = _number(params, "setpoint")
+    elif kind == RuleKind.stale:
+        rule.limit = _number(params, "seconds", minimum=0.001)
+        rule.stale_ms = round((rule.limit or 0) * 1000)
+    elif kind == RuleKind.state_match:
+        if "values" in params:
+            values = params["values"]
+            if not isinstance(values, list) or not values:
+                raise RuleError("params.values must be a non-empty list.", "params.values")
+        elif "value" in params:
+            values = [params["value"]]
+        else:
+            raise RuleError("params.value (or params.values) is required: the state that is abnormal.",
+                            "params.value")
+        for v in values:
+            if not isinstance(v, bool | int | float | str):
+                raise RuleError("params.value must be a boolean, number or text.", "params.value")
+        rule.match_values = tuple(values)
+    elif kind == RuleKind.expression:
+        source = params.get("expression")
+        if not isinstance(source, str):
+            raise RuleError("params.expression is required: a condition over the device's keys, "
+                            "e.g. 'temperature > 80 and pressure > 2'.", "params.expression")
+        rule.expression = compile_expression(source)
+        rule.keys = rule.expression.names
+        rule.limit = _number(params, "limit", required=False)
+    return rule
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _as_float(value: Value) -> float | None:
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    return None
+
+
+@dataclass(slots=True)
+class Binding:
+    """One rule applied to one device, with its evaluation state."""
+
+    rule: CompiledRule
+    device: DeviceInfo
+    raw_active: bool = False  # the condition with deadband, before delays
+    active: bool = False  # the alarm condition, after on/off delays
+    pending_since: int | None = None  # on-delay running since
+    clear_since: int | None = None  # off-delay running since
+    last_ts: int | None = None  # for stale data
+    last_value: Value | None = None
+    history: deque[tuple[int, float]] | None = None  # rate-of-change window
+
+
+class RuleEngine:
+    """Keeps compiled rules in an index {(device_id, key): [bindings]}.
+
+    ``device_resolver`` answers device id → DeviceInfo (enterprise, profile, name) the first time
+    a device is seen; profile rules are expanded for that device then. Thread-safe: the ingest
+    writer thread evaluates, the API thread edits rules, the runtime ticks."""
+
+    def __init__(self, rules: Iterable[RuleSpec] = (),
+                 device_resolver: Callable[[int], DeviceInfo | None] | None = None) -> None:
+        self._lock = threading.RLock()
+        self._resolver = device_resolver or (lambda _id: None)
+        self._rules: dict[int, CompiledRule] = {}
+        self._devices: dict[int, DeviceInfo | None] = {}
+        self._by_profile: dict[int, set[int]] = {}
+        self._by_device: dict[int, set[int]] = {}
+        self._index: dict[tuple[int, str], list[Binding]] = {}
+        self._bindings: dict[tuple[int, int], Binding] = {}  # (rule_id, device_id)
+        self._stale: dict[tuple[int, int], Binding] = {}
+        self._delayed: dict[tuple[int, int], Binding] = {}  # bindings with a running delay
+        self._latest: dict[int, dict[str, Value]] = {}  # values of keys multi-key rules need
+        self._multi_keys: dict[int, set[str]] = {}  # device → keys to remember
+        for spec in rules:
+            if spec.enabled:
+                self._rules[spec.id] = compile_rule(spec)
+                self._attach(self._rules[spec.id])
+
+    # -- rules and devices -------------------------------------------------------------------
+
+    @property
+    def rule_count(self) -> int:
+        return len(self._rules)
+
+    @property
+    def binding_count(self) -> int:
+        return len(self._bindings)
+
+    def upsert_rule(self, spec: RuleSpec) -> None:
+        """Adds or replaces a rule (a disabled rule is removed). Only its index entries change."""
+        compiled = compile_rule(spec) if spec.enabled else None
+        with self._lock:
+            self._detach(spec.id)
+            if compiled is not None:
+                self._rules[spec.id] = compiled
+                self._attach(compiled)
+
+    def remove_rule(self, rule_id: int) -> None:
+        with self._lock:
+            self._detach(rule_id)
+
+    def forget_device(self, device_id: int) -> None:
+        """Drops what is known of a device (its profile changed, it was deleted); resolved anew."""
+        with self._lock:
+            for key in [k for k in self._bindings if k[1] == device_id]:
+                self._unbind(key)
+            self._devices.pop(device_id, None)
+            self._latest.pop(device_id, None)
+            self._multi_keys.pop(device_id, None)
+
+    def set_device(self, info: DeviceInfo) -> None:
+        with self._lock:
+            self.forget_device(info.id)
+            self._devices[info.id] = info
+            self._bind_device(info)
+
+    def _attach(self, rule: CompiledRule) -> None:
+        spec = rule.spec
+        if spec.device_id is not None:
+            self._by_device.setdefault(spec.device_id, set()).add(spec.id)
+            if spec.device_id in self._devices:
+                info = self._devices[spec.device_id]
+                if info is not None:
+                    self._bind(rule, info)
+        elif spec.profile_id is not None:
+            self._by_profile.setdefault(spec.profile_id, set()).add(spec.id)
+            for info in list(self._devices.values()):
+                if info is not None and info.profile_id == spec.profile_id:
+                    self._bind(rule, info)
+
+    def _detach(self, rule_id: int) -> None:
+        rule = self._rules.pop(rule_id, None)
+        if rule is None:
+            return
+        if rule.spec.device_id is not None:
+            self._by_device.get(rule.spec.device_id, set()).discard(rule_id)
+        if rule.spec.profile_id is not None:
+            self._by_profile.get(rule.spec.profile_id, set()).discard(rule_id)
+        for key in [k for k in self._bindings if k[0] == rule_id]:
+            self._unbind(key)
+
+    def _bind(self, rule: CompiledRule, info: DeviceInfo) -> None:
+        # A rule only ever applies inside its own enterprise, whatever ids it names.
+        if info.enterprise_id != rule.spec.enterprise_id:
+            return
+        binding = Binding(rule=rule, device=info)
+        if rule.kind == RuleKind.rate_of_change:
+            binding.history = deque()
+        self._bindings[(rule.spec.id, info.id)] = binding
+        for key in rule.keys:
+            self._index.setdefault((info.id, key), []).append(binding)
+        if len(rule.keys) > 1 or rule.kind == RuleKind.expression:
+            self._multi_keys.setdefault(info.id, set()).update(rule.keys)
+        if rule.kind == RuleKind.stale:
+            self._stale[(rule.spec.id, info.id)] = binding
+
+    def _unbind(self, key: tuple[int, int]) -> None:
+        binding = self._bindings.pop(key)
+        for k in binding.rule.keys:
+            lst = self._index.get((binding.device.id, k))
+            if lst is not None:
+                lst[:] = [b for b in lst if b is not binding]
+                if not lst:
+                    del self._index[(binding.device.id, k)]
+        self._stale.pop(key, None)
+        self._delayed.pop(key, None)
+
+    def _bind_device(self, info: DeviceInfo) -> None:
+        for rule_id in self._by_device.get(info.id, ()):
+            self._bind(self._rules[rule_id], info)
+        if info.profile_id is not None:
+            for rule_id in self._by_profile.get(info.profile_id, ()):
+                self._bind(self._rules[rule_id], info)
+
+    def _known(self, device_id: int) -> bool:
+        if device_id in self._devices:
+            return True
+        info = self._resolver(device_id)
+        self._devices[device_id] = info
+        if info is not None:
+            self._bind_device(info)
+        return True
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(self, points: Sequence[Point]) -> list[ConditionChange]:
+        """Evaluates a batch in order; returns the condition changes it caused."""
+        out: list[ConditionChange] = []
+        index = self._index
+        with self._lock:
+            for p in points:
+                if p.device_id not in self._devices:
+                    self._known(p.device_id)
+                bindings = index.get((p.device_id, p.key))
+                if not bindings:
+                    continue
+                keep = self._multi_keys.get(p.device_id)
+                if keep is not None and p.key in keep:
+                    self._latest.setdefault(p.device_id, {})[p.key] = p.value
+                for b in bindings:
+                    self._evaluate_binding(b, p, out)
+        return out
+
+    def _evaluate_binding(self, b: Binding, p: Point, out: list[ConditionChange]) -> None:
+        rule = b.rule
+        kind = rule.kind
+        value: Value | None = p.value
+        if kind == RuleKind.stale:
+            b.last_ts = p.ts if b.last_ts is None else max(b.last_ts, p.ts)
+            b.last_value = p.value
+            raw = False
+        elif kind == RuleKind.expression:
+            raw_opt = self._expression(b)
+            if raw_opt is None:
+                return
+            raw = raw_opt
+        elif kind == RuleKind.state_match:
+            # True == 1 in Python; a state match must not confuse a boolean with a number.
+            is_bool = isinstance(p.value, bool)
+            raw = any(v == p.value and isinstance(v, bool) == is_bool for v in rule.match_values)
+        else:
+            x = _as_float(p.value)
+            if x is None:
+                return  # a text value cannot be compared with a limit; ingest validated types
+            limit = rule.limit or 0.0
+            db = rule.spec.deadband
+            if kind in (RuleKind.high, RuleKind.high_high):
+                raw = x >= limit - db if b.raw_active else x > limit
+            elif kind in (RuleKind.low, RuleKind.low_low):
+                raw = x <= limit + db if b.raw_active else x < limit
+            elif kind == RuleKind.deviation:
+                if rule.reference_key is not None:
+                    ref = self._latest.get(p.device_id, {}).get(rule.reference_key)
+                    ref_f = _as_float(ref) if ref is not None else None
+                    if ref_f is None:
+                        return
+                    own = self._latest.get(p.device_id, {}).get(rule.spec.key)
+                    own_f = _as_float(own) if own is not None else None
+                    if own_f is None:
+                        return
+                    x = own_f - ref_f
+                else:
+                    x = x - (rule.setpoint or 0.0)
+                value = x
+                dev = abs(x)
+                raw = dev >= limit - db if b.raw_active else dev > limit
+            else:  # rate of change over the window, in units per second or per minute
+                hist = b.history
+                assert hist is not None
+                hist.append((p.ts, x))
+                while len(hist) > 2 and hist[1][0] <= p.ts - rule.window_ms:
+                    hist.popleft()
+                old_ts, old_x = hist[0]
+                if p.ts <= old_ts:
+                    return
+                rate = (x - old_x) / (p.ts - old_ts) * rule.rate_per_ms
+                value = round(rate, 9)
+                signed = rate if rule.direction == "rise" else -rate if rule.direction == "fall" else abs(rate)
+                raw = signed >= limit - db if b.raw_active else signed > limit
+        b.raw_active = raw
+        b.last_value = value
+        self._apply_delays(b, raw, p.ts, value, out)
+
+    def _expression(self, b: Binding) -> bool | None:
+        expr = b.rule.expression
+        assert expr is not None
+        latest = self._latest.get(b.device.id, {})
+        names: dict[str, Any] = {}
+        for n in expr.names:
+            if n not in latest:
+                return None  # not every key has a value yet
+            names[n] = latest[n]
+        evaluator = b.rule.evaluator
+        if evaluator is None:
+            evaluator = b.rule.evaluator = _make_evaluator()
+        evaluator.names = names
+        try:
+            result = evaluator.eval(expr.source, previously_parsed=expr.tree)
+        except Exception:  # noqa: BLE001 - a division by zero on odd data must not stop ingest
+            return None
+        return bool(result)
+
+    def _apply_delays(self, b: Binding, raw: bool, ts: int, value: Value | None,
+                      out: list[ConditionChange]) -> None:
+        rule = b.rule
+        key = (rule.spec.id, b.device.id)
+        if raw:
+            b.clear_since = None
+            if b.active:
+                self._delayed.pop(key, None)
+                return
+            if b.pending_since is None:
+                b.pending_since = ts
+            if ts - b.pending_since >= rule.on_delay_ms:
+                b.pending_since = None
+                self._delayed.pop(key, None)
+                b.active = True
+                out.append(self._change(b, True, ts, value))
+            else:
+                self._delayed[key] = b
+        else:
+            b.pending_since = None
+            if not b.active:
+                self._delayed.pop(key, None)
+                return
+            if b.clear_since is None:
+                b.clear_since = ts
+            if ts - b.clear_since >= rule.off_delay_ms:
+                b.clear_since = None
+                self._delayed.pop(key, None)
+                b.active = False
+                out.append(self._change(b, False, ts, value))
+            else:
+                self._delayed[key] = b
+
+    def _change(self, b: Binding, active: bool, at: int, value: Value | None) -> ConditionChange:
+        rule = b.rule
+        shown = round(value, 6) if isinstance(value, float) else value
+        message = render_message(rule.template, device=b.device.name, key=rule.spec.key or
+                                 ",".join(rule.keys), value=shown, limit=rule.limit if rule.limit is not None
+                                 else (rule.setpoint if rule.setpoint is not None else ""),
+                                 unit=rule.unit, rule=rule.spec.name or (rule.expression.source
+                                                                         if rule.expression else ""))
+        return ConditionChange(rule_id=rule.spec.id, device_id=b.device.id,
+                               enterprise_id=b.device.enterprise_id, active=active, at=at,
+                               value=value, limit=rule.limit, priority=int(rule.spec.priority),
+                               message=message)
+
+    def tick(self, now_ms: int) -> list[ConditionChange]:
+        """Time passing without points: stale data, and on/off delays whose time ran out while the
+        device was silent (the last value is taken to hold until now)."""
+        out: list[ConditionChange] = []
+        with self._lock:
+            for b in list(self._stale.values()):
+                if b.last_ts is None:
+                    continue
+                silent = now_ms - b.last_ts > b.rule.stale_ms
+                if silent and not b.raw_active:
+                    b.raw_active = True
+                    self._apply_delays(b, True, now_ms, b.last_value, out)
+                elif b.raw_active and not silent:
+                    b.raw_active = False
+                    self._apply_delays(b, False, now_ms, b.last_value, out)
+                elif b.raw_active:
+                    self._apply_delays(b, True, now_ms, b.last_value, out)
+            for b in list(self._delayed.values()):
+                rule = b.rule
+                if b.pending_since is not None and now_ms - b.pending_since >= rule.on_delay_ms:
+                    self._apply_delays(b, True, now_ms, b.last_value, out)
+                elif b.clear_since is not None and now_ms - b.clear_since >= rule.off_delay_ms:
+                    self._apply_delays(b, False, now_ms, b.last_value, out)
+        return out
+
+    def active_conditions(self) -> list[tuple[int, int]]:
+        with self._lock:
+            return [k for k, b in self._bindings.items() if b.active]
+
+    def restore_active(self, rule_id: int, device_id: int) -> None:
+        """After a restart, marks a condition active that the database says is active, so a
+        recovered value clears it rather than the next excursion opening a second alarm."""
+        with self._lock:
+            self._known(device_id)
+            b = self._bindings.get((rule_id, device_id))
+            if b is not None:
+                b.active = True
+                b.raw_active = True

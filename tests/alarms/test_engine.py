@@ -1,0 +1,179 @@
+"""The rule engine alone: every rule kind with deadband and delays, exact timestamps."""
+
+from __future__ import annotations
+
+import pytest
+
+from ecoplat.alarms.engine import (
+    DeviceInfo,
+    RuleEngine,
+    RuleError,
+    RuleSpec,
+    compile_expression,
+    compile_rule,
+)
+from ecoplat.telemetry.points import Point
+
+DEV = DeviceInfo(id=7, enterprise_id=1, profile_id=3, name="E-101")
+
+
+def engine_with(**kw: object) -> RuleEngine:
+    spec = RuleSpec(**{"id": 1, "enterprise_id": 1, "device_id": 7, "priority": 2, **kw})  # type: ignore[arg-type]
+    return RuleEngine([spec], device_resolver=lambda i: DEV if i == 7 else None)
+
+
+def run(engine: RuleEngine, key: str, samples: list[tuple[int, object]]) -> list[tuple[bool, int]]:
+    out = []
+    for ts, v in samples:
+        out += [(c.active, c.at) for c in engine.evaluate([Point(7, key, ts, v)])]  # type: ignore[arg-type]
+    return out
+
+
+def test_high_limit_activates_above_and_clears_below_limit_minus_deadband() -> None:
+    e = engine_with(kind="high", key="t", params={"limit": 80}, deadband=2)
+    seq = [(1000, 79), (2000, 81), (3000, 79), (4000, 78.5), (5000, 77.9), (6000, 80.5)]
+    assert run(e, "t", seq) == [(True, 2000), (False, 5000), (True, 6000)]
+
+
+def test_high_high_and_low_low_limits() -> None:
+    e = engine_with(kind="high_high", key="p", params={"limit": 10})
+    assert run(e, "p", [(0, 10), (1, 10.01), (2, 9.99)]) == [(True, 1), (False, 2)]
+    e = engine_with(kind="low_low", key="p", params={"limit": 1}, deadband=0.5)
+    assert run(e, "p", [(0, 1), (1, 0.9), (2, 1.4), (3, 1.51)]) == [(True, 1), (False, 3)]
+
+
+def test_low_limit_with_on_delay_activates_only_after_holding() -> None:
+    e = engine_with(kind="low", key="lvl", params={"limit": 20}, on_delay_s=5)
+    # Dips shorter than 5 s never sound; the one that holds sounds at the first point 5 s in.
+    seq = [(0, 19), (3000, 21), (10_000, 18), (14_000, 18), (15_000, 17), (16_000, 25)]
+    assert run(e, "lvl", seq) == [(True, 15_000), (False, 16_000)]
+
+
+def test_off_delay_keeps_alarm_until_clear_for_the_whole_delay() -> None:
+    e = engine_with(kind="high", key="t", params={"limit": 80}, off_delay_s=10)
+    seq = [(0, 90), (1000, 70), (5000, 85), (6000, 70), (15_000, 70), (16_000, 70)]
+    assert run(e, "t", seq) == [(True, 0), (False, 16_000)]
+
+
+def test_delays_expire_on_tick_when_device_is_silent() -> None:
+    e = engine_with(kind="high", key="t", params={"limit": 80}, on_delay_s=5, off_delay_s=3)
+    assert run(e, "t", [(0, 90)]) == []
+    assert e.tick(4999) == []
+    assert [(c.active, c.at) for c in e.tick(5000)] == [(True, 5000)]
+    assert run(e, "t", [(6000, 10)]) == []
+    assert [(c.active, c.at) for c in e.tick(9000)] == [(False, 9000)]
+
+
+def test_rate_of_change_per_minute_over_window() -> None:
+    e = engine_with(kind="rate_of_change", key="t", params={"limit": 6, "per": "minute", "window_s": 30})
+    # 0.1 /s = 6 /min is not above the limit; 0.2 /s = 12 /min is.
+    seq = [(0, 0.0), (10_000, 1.0), (20_000, 2.0), (30_000, 3.0), (40_000, 5.0), (50_000, 7.0),
+           (60_000, 9.0), (70_000, 9.0), (80_000, 9.0), (90_000, 9.0)]
+    got = run(e, "t", seq)
+    # At 80 s the window [50 s, 80 s] rose by 2 in 30 s = 4 /min: clear.
+    assert got == [(True, 40_000), (False, 80_000)]
+
+
+def test_rate_of_change_direction_fall_ignores_rise() -> None:
+    e = engine_with(kind="rate_of_change", key="p", params={"limit": 1, "per": "second", "window_s": 1,
+                                                           "direction": "fall"})
+    assert run(e, "p", [(0, 0), (1000, 5), (2000, 10), (3000, 7), (4000, 7)]) == [(True, 3000), (False, 4000)]
+
+
+def test_deviation_from_setpoint_with_deadband() -> None:
+    e = engine_with(kind="deviation", key="t", params={"setpoint": 50, "limit": 5}, deadband=1)
+    seq = [(0, 54), (1, 56), (2, 45.5), (3, 46.1), (4, 44)]
+    # 56 deviates by 6 (>5); 45.5 still deviates by 4.5 (>= 5-1); 46.1 deviates by 3.9: clear.
+    assert run(e, "t", seq) == [(True, 1), (False, 3), (True, 4)]
+
+
+def test_deviation_from_another_key_of_the_same_device() -> None:
+    e = engine_with(kind="deviation", key="pv", params={"reference_key": "sp", "limit": 2})
+    pts = [Point(7, "sp", 0, 10), Point(7, "pv", 0, 11), Point(7, "pv", 1000, 12.5),
+           Point(7, "sp", 2000, 12), Point(7, "sp", 3000, 9)]
+    changes = e.evaluate(pts)
+    assert [(c.active, c.at, c.value) for c in changes] == [(True, 1000, 2.5), (False, 2000, 0.5),
+                                                            (True, 3000, 3.5)]
+
+
+def test_stale_data_is_found_by_tick_and_cleared_by_next_value() -> None:
+    e = engine_with(kind="stale", key="t", params={"seconds": 30})
+    assert e.tick(1_000_000) == []  # never seen: nothing to be stale about
+    assert run(e, "t", [(0, 1.0)]) == []
+    assert e.tick(30_000) == []
+    assert [(c.active, c.at) for c in e.tick(30_001)] == [(True, 30_001)]
+    assert e.tick(40_000) == []
+    assert run(e, "t", [(41_000, 2.0)]) == [(False, 41_000)]
+
+
+def test_state_match_does_not_confuse_true_with_one() -> None:
+    e = engine_with(kind="state_match", key="run", params={"value": True})
+    assert run(e, "run", [(0, 1), (1, True), (2, True), (3, False)]) == [(True, 1), (False, 3)]
+    e = engine_with(kind="state_match", key="mode", params={"values": ["trip", "fault"]})
+    assert run(e, "mode", [(0, "auto"), (1, "fault"), (2, "trip"), (3, "auto")]) == [(True, 1), (False, 3)]
+
+
+def test_expression_over_several_keys_waits_for_all_of_them() -> None:
+    e = engine_with(kind="expression", key="", params={"expression": "t > 80 and abs(p - 2) > 0.5"},
+                    message_template="{device}: hot and pressure off ({value})")
+    pts = [Point(7, "t", 0, 90), Point(7, "p", 1, 3.0), Point(7, "t", 2, 70), Point(7, "p", 3, 2.1)]
+    changes = e.evaluate(pts)
+    assert [(c.active, c.at) for c in changes] == [(True, 1), (False, 2)]
+    assert changes[0].message == "E-101: hot and pressure off (3.0)"
+
+
+def test_message_template_fills_placeholders_and_survives_bad_format_spec() -> None:
+    e = engine_with(kind="high", key="t", params={"limit": 80, "unit": "Cel"},
+                    message_template="{device} {key} {value:.1f} > {limit} {unit}")
+    (c,) = e.evaluate([Point(7, "t", 0, 91.26)])
+    assert c.message == "E-101 t 91.3 > 80.0 Cel"
+    assert c.priority == 2 and c.enterprise_id == 1
+
+
+@pytest.mark.parametrize("source, words", [
+    ("t.__class__", "attribute"),
+    ("__import__('os')", "_"),
+    ("(lambda: 1)()", "lambda"),
+    ("[x for x in t]", "comprehension"),
+    ("open('/etc/passwd')", "open"),
+    ("t[0]", "indexing"),
+    ("import os", "not valid"),
+    ("t > 1 " + "and t > 1 " * 80, "characters"),
+    ("", "empty"),
+    ("1 + 2", "no telemetry key"),
+])
+def test_expression_rejects_unsafe_input_with_a_clear_message(source: str, words: str) -> None:
+    with pytest.raises(RuleError) as info:
+        compile_expression(source)
+    assert words in str(info.value)
+
+
+def test_rule_validation_messages() -> None:
+    with pytest.raises(RuleError, match="priority"):
+        compile_rule(RuleSpec(id=1, enterprise_id=1, device_id=1, kind="high", key="t", params={"limit": 1},
+                              priority=5))
+    with pytest.raises(RuleError, match="limit is required"):
+        compile_rule(RuleSpec(id=1, enterprise_id=1, device_id=1, kind="high", key="t"))
+    with pytest.raises(RuleError, match="placeholder"):
+        compile_rule(RuleSpec(id=1, enterprise_id=1, device_id=1, kind="high", key="t", params={"limit": 1},
+                              message_template="{device.__class__}"))
+    with pytest.raises(RuleError, match="exactly one"):
+        compile_rule(RuleSpec(id=1, enterprise_id=1, kind="high", key="t", params={"limit": 1}))
+
+
+def test_profile_rule_applies_to_every_device_of_the_profile_and_only_in_its_enterprise() -> None:
+    devices = {1: DeviceInfo(1, 1, 3, "a"), 2: DeviceInfo(2, 1, 3, "b"), 3: DeviceInfo(3, 1, 4, "c"),
+               4: DeviceInfo(4, 2, 3, "other tenant")}
+    e = RuleEngine([RuleSpec(id=9, enterprise_id=1, profile_id=3, kind="high", key="t", params={"limit": 0})],
+                   device_resolver=devices.get)
+    changes = e.evaluate([Point(d, "t", 5, 1) for d in (1, 2, 3, 4)])
+    assert sorted(c.device_id for c in changes) == [1, 2]
+
+
+def test_rule_update_recompiles_only_that_rule() -> None:
+    e = engine_with(kind="high", key="t", params={"limit": 80})
+    assert run(e, "t", [(0, 85)]) == [(True, 0)]
+    e.upsert_rule(RuleSpec(id=1, enterprise_id=1, device_id=7, kind="high", key="t", params={"limit": 90}))
+    assert run(e, "t", [(1, 85), (2, 91)]) == [(True, 2)]
+    e.remove_rule(1)
+    assert run(e, "t", [(3, 95)]) == [] and e.binding_count == 0
