@@ -1,0 +1,644 @@
+"""The ingest pipeline every transport (MQTT, HTTP, OPC UA, Modbus) hands its Points to.
+
+    transports ──submit()──► bounded queue ──► ONE writer thread ──► TelemetryStore.write()
+                                                     │  device status counters (one statement per batch)
+                                                     ├► resolve the submitters' futures (QoS 1 acks after durability)
+                                                     ├► listeners (the alarm engine), in order
+                                                     └► events telemetry.<enterprise>.<device>
+
+Why one writer thread: the store is fastest with few, large writes (one executemany/COPY per
+batch), and a single writer keeps points of one device in arrival order for the rule engine.
+The queue is bounded in points; `submit` awaits while it is full, so a flood slows the senders
+(MQTT stops reading their sockets) instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ecoplat.connect.models import (
+    AttributeScope,
+    Device,
+    DeviceAttribute,
+    DeviceErrorLog,
+    DeviceReject,
+)
+from ecoplat.db import Database, utcnow
+from ecoplat.events import Event, EventBus
+from ecoplat.telemetry.points import Point, TelemetryStore
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Sequence[Point]], None]
+
+# Recent-errors log kept per device in the database; older rows are pruned at each flush.
+ERROR_LOG_PER_DEVICE = 50
+# One log line per (device, reason) per this many seconds, whatever the reject rate.
+REJECT_LOG_INTERVAL_S = 10.0
+REJECT_FLUSH_INTERVAL_S = 1.0
+# Unknown tokens are remembered briefly so a misconfigured device cannot hammer the database.
+NEGATIVE_CACHE_S = 5.0
+# After a rotation or revocation, lookups of that device skip the cache until the change has
+# surely committed (the route's unit of work commits after the service returns).
+INVALIDATION_GRACE_S = 5.0
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(slots=True, frozen=True)
+class DeviceRef:
+    """What a transport needs to know about an authenticated device, cached per token."""
+
+    device_id: int
+    enterprise_id: int | None
+    name: str
+    is_gateway: bool = False
+    revoked: bool = False
+
+
+@dataclass(slots=True)
+class _Submission:
+    points: Sequence[Point]
+    enterprise_id: int
+    loop: asyncio.AbstractEventLoop | None
+    future: asyncio.Future[None] | None
+    done: threading.Event | None = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _RejectCounter:
+    count: int = 0
+    last_detail: str = ""
+    last_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class IngestStats:
+    points_written: int = 0
+    batches_written: int = 0
+    write_failures: int = 0
+    rejects: int = 0
+
+
+class IngestPipeline:
+    def __init__(self, *, database: Database, store: TelemetryStore, events: EventBus,
+                 batch_max_points: int = 5000, batch_max_ms: int = 50,
+                 queue_max_points: int = 200_000) -> None:
+        self.database = database
+        self.store = store
+        self.events = events
+        self.batch_max_points = max(1, batch_max_points)
+        self.batch_max_s = max(0, batch_max_ms) / 1000
+        self.queue_max_points = max(1, queue_max_points)
+        self.stats = IngestStats()
+
+        self._items: deque[_Submission] = deque()
+        self._queued_points = 0  # submitted and not yet durable (in the queue or being written)
+        self._unbatched_points = 0  # still in the queue
+        self._cond = threading.Condition()
+        self._space: asyncio.Event | None = None
+        self._space_loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[Listener] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+        self._token_cache: dict[str, DeviceRef] = {}
+        self._negative_cache: dict[str, float] = {}
+        self._invalidated: dict[int, float] = {}
+        self._children: dict[tuple[int, str], DeviceRef] = {}
+        self._cache_lock = threading.Lock()
+
+        self._reject_lock = threading.Lock()
+        self._rejects: dict[tuple[int | None, str], _RejectCounter] = {}
+        self._recent: deque[tuple[int | None, str, str, datetime]] = deque(maxlen=10_000)
+        self._reject_logged_at: dict[tuple[int | None, str], float] = {}
+        self._flush_lock = threading.Lock()
+        self._last_reject_flush = time.monotonic()
+
+        self._activity: dict[int, str] = {}
+        self._activity_messages: dict[int, int] = {}
+
+        self._rpc_ids = itertools.count(1)
+        self._rpc_waiters: dict[tuple[int, int], tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="ecoplat-ingest-writer", daemon=True)
+        self._thread.start()
+        self._unsubscribe.append(self.events.add_listener("credentials.", self._on_credentials_event))
+        self._unsubscribe.append(self.events.add_listener("rpc_response.", self._on_rpc_response_event))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Writes what is queued, flushes the reject counters, then ends the writer thread."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.flush_rejects()
+
+    # ---- submitting ---------------------------------------------------------------------------
+
+    @property
+    def queued_points(self) -> int:
+        """Points accepted by submit() and not yet durable."""
+        return self._queued_points
+
+    async def submit(self, points: Sequence[Point], *, enterprise_id: int) -> None:
+        """Queues the points and returns once they are durable. Awaits while the queue is full
+        (backpressure). A single submission larger than the whole bound is let in when the queue
+        is empty, so it is never stuck."""
+        n = len(points)
+        if n == 0:
+            return
+        loop = asyncio.get_running_loop()
+        if self._space is None or self._space_loop is not loop:
+            self._space, self._space_loop = asyncio.Event(), loop
+        while self._queued_points and self._queued_points + n > self.queue_max_points:
+            self._space.clear()
+            await self._space.wait()
+        if self._thread is None:
+            raise RuntimeError("the ingest pipeline is not running")
+        future: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            self._queued_points += n
+            self._unbatched_points += n
+            self._items.append(_Submission(points, enterprise_id, loop, future))
+            self._cond.notify()
+        await future
+
+    def submit_blocking(self, points: Sequence[Point], *, enterprise_id: int, timeout: float = 60.0) -> None:
+        """The same as submit() for code running in a thread of its own (not on an event loop)."""
+        n = len(points)
+        if n == 0:
+            return
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queued_points and self._queued_points + n > self.queue_max_points:
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError("the ingest queue stayed full")
+            item = _Submission(points, enterprise_id, None, None, threading.Event())
+            self._queued_points += n
+            self._unbatched_points += n
+            self._items.append(item)
+            self._cond.notify_all()
+        assert item.done is not None
+        if not item.done.wait(max(0.0, deadline - time.monotonic())):
+            raise TimeoutError("the points did not become durable in time")
+        if item.error is not None:
+            raise item.error
+
+    def add_listener(self, fn: Listener) -> Callable[[], None]:
+        """fn(points) runs in the writer thread right after each durable batch, in order."""
+        self._listeners.append(fn)
+
+        def remove() -> None:
+            if fn in self._listeners:
+                self._listeners.remove(fn)
+
+        return remove
+
+    # ---- writer thread ------------------------------------------------------------------------
+
+    def _take_batch(self) -> list[_Submission]:
+        with self._cond:
+            while not self._items and not self._stopping:
+                self._cond.wait(REJECT_FLUSH_INTERVAL_S)
+                if not self._items:
+                    break
+            if not self._items:
+                return []
+            # Let the batch fill up to its size, but never wait longer than batch_max_ms.
+            deadline = time.monotonic() + self.batch_max_s
+            while self._unbatched_points < self.batch_max_points and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch: list[_Submission] = []
+            taken = 0
+            while self._items and (not batch or taken + len(self._items[0].points) <= self.batch_max_points):
+                item = self._items.popleft()
+                batch.append(item)
+                taken += len(item.points)
+            self._unbatched_points -= taken
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch:
+                self._write(batch)
+            if time.monotonic() - self._last_reject_flush >= REJECT_FLUSH_INTERVAL_S:
+                self._flush_activity()
+                self.flush_rejects()
+            with self._cond:
+                if self._stopping and not self._items:
+                    break
+        self._flush_activity()
+
+    def _write(self, batch: list[_Submission]) -> None:
+        enterprise_of: dict[int, int] = {}
+        points_of: dict[int, int] = {}
+        messages_of: dict[int, int] = {}
+        latest: dict[tuple[int, int], dict[str, Any]] = {}
+        points = batch[0].points if len(batch) == 1 else [p for item in batch for p in item.points]
+        for item in batch:
+            ent = item.enterprise_id
+            seen: dict[int, int] = {}
+            for p in item.points:
+                d = p.device_id
+                seen[d] = seen.get(d, 0) + 1
+                group = latest.get((d, p.ts))
+                if group is None:
+                    latest[(d, p.ts)] = group = {}
+                group[p.key] = p.value
+            for d, n in seen.items():
+                enterprise_of[d] = ent
+                points_of[d] = points_of.get(d, 0) + n
+                messages_of[d] = messages_of.get(d, 0) + 1
+        total = len(points)
+        try:
+            self.store.write(points, enterprise_of)
+        except Exception as e:
+            self.stats.write_failures += 1
+            log.exception("telemetry write of %d points failed; the senders get an error and may retry", total)
+            self._finish(batch, total, error=e)
+            return
+        self.stats.points_written += total
+        self.stats.batches_written += 1
+        try:
+            self._update_status(points_of, messages_of)
+        except Exception:
+            log.exception("updating device status counters failed (the points are stored)")
+        self._finish(batch, total, error=None)
+        for listener in list(self._listeners):
+            try:
+                listener(points)
+            except Exception:
+                log.exception("ingest listener %r failed", listener)
+        publish = self.events.publish
+        for (device_id, ts), values in latest.items():
+            publish(f"telemetry.{enterprise_of[device_id]}.{device_id}",
+                    {"device_id": device_id, "ts": ts, "values": values})
+
+    def _finish(self, batch: list[_Submission], total: int, *, error: BaseException | None) -> None:
+        with self._cond:
+            self._queued_points -= total
+            self._cond.notify_all()
+        for item in batch:
+            if item.future is not None and item.loop is not None:
+                try:
+                    item.loop.call_soon_threadsafe(_resolve, item.future, error)
+                except RuntimeError:  # the submitter's loop is closed
+                    pass
+            if item.done is not None:
+                item.error = error
+                item.done.set()
+        loops = {item.loop for item in batch if item.loop is not None}
+        for loop in loops:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._signal_space)
+
+    def _signal_space(self) -> None:
+        if self._space is not None:
+            self._space.set()
+
+    def _update_status(self, points_of: Mapping[int, int], messages_of: Mapping[int, int]) -> None:
+        now = utcnow()
+        with self._reject_lock:
+            activity = self._activity
+            extra_messages = self._activity_messages
+            self._activity, self._activity_messages = {}, {}
+        rows = [{"b_id": d, "b_seen": now, "b_activity": activity.pop(d, "telemetry"),
+                 "b_messages": messages_of[d] + extra_messages.pop(d, 0), "b_points": n}
+                for d, n in points_of.items()]
+        rows += [{"b_id": d, "b_seen": now, "b_activity": a, "b_messages": extra_messages.pop(d, 0),
+                  "b_points": 0} for d, a in activity.items()]
+        self._execute_status(rows)
+
+    def _flush_activity(self) -> None:
+        with self._reject_lock:
+            activity, extra_messages = self._activity, self._activity_messages
+            self._activity, self._activity_messages = {}, {}
+        if not activity:
+            return
+        now = utcnow()
+        try:
+            self._execute_status([{"b_id": d, "b_seen": now, "b_activity": a, "b_messages": extra_messages.get(d, 0),
+                                   "b_points": 0} for d, a in activity.items()])
+        except Exception:
+            log.exception("updating device activity failed")
+
+    def _execute_status(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        stmt = (update(Device.__table__)
+                .where(Device.__table__.c.id == bindparam("b_id"))
+                .values(last_seen_at=bindparam("b_seen"), last_activity=bindparam("b_activity"),
+                        messages_total=Device.__table__.c.messages_total + bindparam("b_messages"),
+                        points_total=Device.__table__.c.points_total + bindparam("b_points")))
+        with self.database.engine.begin() as conn:
+            conn.execute(stmt, rows)
+
+    def note_activity(self, device_id: int, activity: str, *, messages: int = 1) -> None:
+        """Marks a device seen for a message that carried no telemetry (attributes, connect, RPC);
+        written with the next batch's status update."""
+        with self._reject_lock:
+            self._activity[device_id] = activity[:32]
+            self._activity_messages[device_id] = self._activity_messages.get(device_id, 0) + messages
+
+    # ---- rejects ------------------------------------------------------------------------------
+
+    def reject(self, device_id: int | None, reason: str, detail: str) -> None:
+        """Counts one rejected message or value for the device (None: an unknown sender), keeps
+        the detail for the device's error list and logs it, at most once per 10 s per kind."""
+        reason = str(reason)[:32]
+        detail = detail[:500]
+        now = utcnow()
+        key = (device_id, reason)
+        with self._reject_lock:
+            counter = self._rejects.get(key)
+            if counter is None:
+                self._rejects[key] = counter = _RejectCounter()
+            counter.count += 1
+            counter.last_detail = detail
+            counter.last_at = now
+            self._recent.append((device_id, reason, detail, now))
+            self.stats.rejects += 1
+            mono = time.monotonic()
+            should_log = mono - self._reject_logged_at.get(key, -1e9) >= REJECT_LOG_INTERVAL_S
+            if should_log:
+                self._reject_logged_at[key] = mono
+        if should_log:
+            log.warning("ingest reject device=%s reason=%s: %s", device_id, reason, detail,
+                        extra={"device_id": device_id, "reason": reason})
+
+    def flush_rejects(self) -> None:
+        """Adds the in-memory reject counts to the database (DeviceReject, the error log and the
+        device's errors_total). Safe from any thread."""
+        with self._flush_lock:
+            self._last_reject_flush = time.monotonic()
+            with self._reject_lock:
+                counters, self._rejects = self._rejects, {}
+                recent = list(self._recent)
+                self._recent.clear()
+            if not counters:
+                return
+            try:
+                self._write_rejects(counters, recent)
+            except Exception:
+                log.exception("flushing %d reject counters failed; they are kept for the next try", len(counters))
+                with self._reject_lock:
+                    for key, c in counters.items():
+                        mine = self._rejects.setdefault(key, _RejectCounter())
+                        mine.count += c.count
+                        if not mine.last_detail:
+                            mine.last_detail, mine.last_at = c.last_detail, c.last_at
+
+    def _write_rejects(self, counters: dict[tuple[int | None, str], _RejectCounter],
+                       recent: list[tuple[int | None, str, str, datetime]]) -> None:
+        with self.database.session() as db:
+            device_ids = {d for d, _ in counters if d is not None}
+            owners = dict(db.execute(select(Device.id, Device.enterprise_id).where(Device.id.in_(device_ids))).all()) \
+                if device_ids else {}
+            per_device: dict[int, int] = {}
+            for (device_id, reason), c in counters.items():
+                if device_id is not None and device_id not in owners:
+                    continue  # the device was deleted meanwhile
+                cond = DeviceReject.device_id.is_(None) if device_id is None else DeviceReject.device_id == device_id
+                row = db.scalar(select(DeviceReject).where(cond, DeviceReject.reason == reason))
+                if row is None:
+                    db.add(DeviceReject(device_id=device_id, enterprise_id=owners.get(device_id) if device_id else None,
+                                        reason=reason, count=c.count, last_detail=c.last_detail, last_at=c.last_at))
+                else:
+                    row.count += c.count
+                    row.last_detail, row.last_at = c.last_detail, c.last_at
+                    if device_id is not None:
+                        row.enterprise_id = owners.get(device_id)
+                if device_id is not None:
+                    per_device[device_id] = per_device.get(device_id, 0) + c.count
+            for device_id, n in per_device.items():
+                db.execute(update(Device).where(Device.id == device_id)
+                           .values(errors_total=Device.errors_total + n))
+            touched: set[int | None] = set()
+            for device_id, reason, detail, at in recent[-(ERROR_LOG_PER_DEVICE * 20):]:
+                if device_id is not None and device_id not in owners:
+                    continue
+                db.add(DeviceErrorLog(device_id=device_id, reason=reason, detail=detail, at=at))
+                touched.add(device_id)
+            db.flush()
+            for device_id in touched:
+                cond = DeviceErrorLog.device_id.is_(None) if device_id is None else DeviceErrorLog.device_id == device_id
+                keep_from = db.scalar(select(DeviceErrorLog.id).where(cond).order_by(DeviceErrorLog.id.desc())
+                                      .offset(ERROR_LOG_PER_DEVICE - 1).limit(1))
+                if keep_from is not None:
+                    db.execute(delete(DeviceErrorLog).where(cond, DeviceErrorLog.id < keep_from))
+
+    # ---- device identity ---------------------------------------------------------------------
+
+    def resolve_token(self, token: str) -> DeviceRef | None:
+        """The device holding this access token, or None if no device has it. A revoked token
+        still resolves (revoked=True) so transports can tell "revoked" from "unknown"."""
+        token_hash = hash_token(token)
+        ref = self._token_cache.get(token_hash)
+        if ref is not None:
+            return ref
+        now = time.monotonic()
+        if self._negative_cache.get(token_hash, 0.0) > now:
+            return None
+        with self.database.session() as db:
+            row = db.execute(select(Device.id, Device.enterprise_id, Device.name, Device.is_gateway,
+                                    Device.token_revoked).where(Device.token_hash == token_hash)).first()
+        if row is None:
+            with self._cache_lock:
+                if len(self._negative_cache) > 100_000:
+                    self._negative_cache.clear()
+                self._negative_cache[token_hash] = now + NEGATIVE_CACHE_S
+            return None
+        ref = DeviceRef(device_id=row.id, enterprise_id=row.enterprise_id, name=row.name,
+                        is_gateway=row.is_gateway, revoked=row.token_revoked)
+        if now - self._invalidated.get(ref.device_id, -1e9) > INVALIDATION_GRACE_S:
+            with self._cache_lock:
+                self._token_cache[token_hash] = ref
+        return ref
+
+    def invalidate_device(self, device_id: int) -> None:
+        """Forgets every cached token of the device (after rotation, revocation, claim, delete)."""
+        with self._cache_lock:
+            self._invalidated[device_id] = time.monotonic()
+            for token_hash in [h for h, r in self._token_cache.items() if r.device_id == device_id]:
+                del self._token_cache[token_hash]
+            for key in [k for k, r in self._children.items() if r.device_id == device_id or k[0] == device_id]:
+                del self._children[key]
+            self._negative_cache.clear()
+
+    def invalidate_token(self, token: str) -> None:
+        with self._cache_lock:
+            self._token_cache.pop(hash_token(token), None)
+            self._negative_cache.pop(hash_token(token), None)
+
+    def _on_credentials_event(self, event: Event) -> None:
+        device_id = event.data.get("device_id")
+        if isinstance(device_id, int):
+            self.invalidate_device(device_id)
+
+    def ensure_child_device(self, gateway: DeviceRef, name: str, device_type: str = "default") -> DeviceRef:
+        """The gateway's child device called `name`, created under the gateway's enterprise the
+        first time the gateway mentions it (ThingsBoard's gateway API does the same). A device of
+        that name already in the enterprise is adopted as the child."""
+        key = (gateway.device_id, name)
+        ref = self._children.get(key)
+        if ref is not None:
+            return ref
+        if gateway.enterprise_id is None:
+            raise ValueError("an unclaimed gateway cannot create devices")
+        with self.database.session() as db:
+            device = db.scalar(select(Device).where(Device.enterprise_id == gateway.enterprise_id,
+                                                    Device.name == name))
+            if device is None:
+                device = Device(enterprise_id=gateway.enterprise_id, name=name, type=device_type[:100] or "default",
+                                gateway_id=gateway.device_id, label="")
+                db.add(device)
+                try:
+                    db.flush()
+                except IntegrityError:  # created concurrently by another worker
+                    db.rollback()
+                    device = db.scalar(select(Device).where(Device.enterprise_id == gateway.enterprise_id,
+                                                            Device.name == name))
+                    if device is None:
+                        raise
+                log.info("gateway %s created child device %s (%s)", gateway.device_id, device.id, name)
+            elif device.gateway_id is None and device.token_hash is None:
+                device.gateway_id = gateway.device_id
+            ref = DeviceRef(device_id=device.id, enterprise_id=device.enterprise_id, name=device.name)
+        with self._cache_lock:
+            self._children[key] = ref
+        return ref
+
+    # ---- attributes from devices ------------------------------------------------------------
+
+    def save_client_attributes(self, device: DeviceRef, values: Mapping[str, Any]) -> None:
+        """Stores attributes a device reported about itself (blocking; run it in a thread)."""
+        if not values:
+            return
+        with self.database.session() as db:
+            upsert_attributes(db, device_id=device.device_id, scope=AttributeScope.client, values=values)
+        self.note_activity(device.device_id, "attributes")
+
+    def read_attributes(self, device: DeviceRef, *, client_keys: Sequence[str] | None,
+                        shared_keys: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+        """ThingsBoard's attribute request answer: {"client": {...}, "shared": {...}}; no keys
+        asked for a scope → every key of that scope."""
+        with self.database.session() as db:
+            rows = db.execute(select(DeviceAttribute.scope, DeviceAttribute.key, DeviceAttribute.value)
+                              .where(DeviceAttribute.device_id == device.device_id,
+                                     DeviceAttribute.scope.in_([AttributeScope.client, AttributeScope.shared]))).all()
+        out: dict[str, dict[str, Any]] = {"client": {}, "shared": {}}
+        wanted = {"client": set(client_keys) if client_keys else None,
+                  "shared": set(shared_keys) if shared_keys else None}
+        for scope, key, value in rows:
+            name = scope.value if hasattr(scope, "value") else str(scope)
+            keys = wanted[name]
+            if keys is None or key in keys:
+                out[name][key] = value
+        return out
+
+    # ---- server-side RPC ------------------------------------------------------------------
+
+    async def call_rpc(self, *, enterprise_id: int, device_id: int, method: str, params: Any,
+                       timeout_s: float) -> Any:
+        """Sends an RPC to the device (event rpc.<ent>.<dev> with {"id","method","params"}, which
+        the MQTT transport forwards on v1/devices/me/rpc/request/{id}) and waits for its answer.
+        Raises TimeoutError when the device does not answer in time."""
+        request_id = next(self._rpc_ids)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._rpc_waiters[(device_id, request_id)] = (loop, future)
+        try:
+            self.events.publish(f"rpc.{enterprise_id}.{device_id}",
+                                {"id": request_id, "method": method, "params": params,
+                                 "device_id": device_id, "timeout_ms": int(timeout_s * 1000)})
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._rpc_waiters.pop((device_id, request_id), None)
+
+    def rpc_response(self, device_id: int, request_id: int, response: Any) -> bool:
+        """Delivers a device's answer to a waiting call_rpc(); safe from any thread. False when
+        nobody waits for it (timed out already, or unknown id)."""
+        waiter = self._rpc_waiters.get((device_id, request_id))
+        if waiter is None:
+            return False
+        loop, future = waiter
+        try:
+            loop.call_soon_threadsafe(_resolve_value, future, response)
+        except RuntimeError:
+            return False
+        self.note_activity(device_id, "rpc")
+        return True
+
+    def _on_rpc_response_event(self, event: Event) -> None:
+        data = event.data
+        device_id, request_id = data.get("device_id"), data.get("id")
+        if isinstance(device_id, int) and isinstance(request_id, int):
+            self.rpc_response(device_id, request_id, data.get("response"))
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _resolve_value(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def upsert_attributes(db: Any, *, device_id: int, scope: AttributeScope, values: Mapping[str, Any]) -> None:
+    """Sets attributes of one scope (insert or update by key); the caller owns the transaction."""
+    existing = {a.key: a for a in db.scalars(select(DeviceAttribute).where(
+        DeviceAttribute.device_id == device_id, DeviceAttribute.scope == scope,
+        DeviceAttribute.key.in_(list(values)))).all()}
+    now = utcnow()
+    for key, value in values.items():
+        row = existing.get(key)
+        if row is None:
+            db.add(DeviceAttribute(device_id=device_id, scope=scope, key=key, value=value, updated_at=now))
+        else:
+            row.value = value
+            row.updated_at = now
+    db.flush()
+
+
+def now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
