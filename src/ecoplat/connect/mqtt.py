@@ -156,6 +156,10 @@ class MqttDeviceApi:
             self.ingest.reject(ref.device_id, RejectReason.revoked_token.value,
                                f"MQTT CONNECT with a revoked access token (client id {client_id!r})")
             return None
+        if ref.enterprise_id is None:
+            self.ingest.reject(ref.device_id, "unclaimed_device",
+                               "MQTT CONNECT from a device nobody has claimed yet; claim it first")
+            return None
         return ref
 
     async def resolve(self, token: str) -> Any | None:
@@ -224,7 +228,7 @@ class MqttDeviceApi:
         for r in rejects:
             self.ingest.reject(ref.device_id, r.reason.value, r.detail)
         if values:
-            await asyncio.to_thread(store_client_attributes, self.db, ref.device_id, values)
+            await asyncio.to_thread(self.ingest.save_client_attributes, ref, values)
 
     async def _attributes_request(self, ref: Any, payload: bytes, conn: Connection, request_id: str) -> None:
         # {"clientKeys": "a,b", "sharedKeys": "c"}; either may be missing (= all of that scope).
@@ -237,16 +241,22 @@ class MqttDeviceApi:
             self.ingest.reject(ref.device_id, RejectReason.not_an_object.value,
                                "an attribute request must be an object with clientKeys/sharedKeys")
             return
-        answer = await asyncio.to_thread(read_attributes, self.db, ref.device_id,
-                                         _keys(data.get("clientKeys")), _keys(data.get("sharedKeys")),
-                                         "clientKeys" in data or "sharedKeys" not in data,
-                                         "sharedKeys" in data or "clientKeys" not in data)
+        found = await asyncio.to_thread(self.ingest.read_attributes, ref,
+                                        client_keys=_keys(data.get("clientKeys")),
+                                        shared_keys=_keys(data.get("sharedKeys")))
+        # ThingsBoard answers only the scopes asked for; a request naming neither gets both.
+        answer = {scope: values for scope, values in found.items()
+                  if f"{scope}Keys" in data or ("clientKeys" not in data and "sharedKeys" not in data)}
         await conn.publish(f"v1/devices/me/attributes/response/{request_id}", orjson.dumps(answer))
 
     async def _rpc_response(self, ref: Any, payload: bytes, conn: Connection, request_id: str) -> None:
         await self._deliver_rpc_response(ref.device_id, request_id, payload)
 
     async def _deliver_rpc_response(self, device_id: int, request_id: str, payload: bytes) -> None:
+        if not request_id.isdigit():
+            self.ingest.reject(device_id, RejectReason.wrong_type.value,
+                               f"RPC response id {request_id[:20]!r} is not a request id the platform sent")
+            return
         if len(payload) > self.max_bytes:
             self.ingest.reject(device_id, RejectReason.payload_too_large.value,
                                f"RPC response of {len(payload)} bytes is over the limit")
@@ -256,11 +266,8 @@ class MqttDeviceApi:
         except orjson.JSONDecodeError:
             # ThingsBoard passes non-JSON RPC answers through as text.
             result = payload.decode("utf-8", "replace")
-        deliver = getattr(self.ingest, "rpc_response", None)
-        if deliver is None:
-            log.warning("RPC response from device %s dropped: the ingest pipeline has no rpc_response", device_id)
-            return
-        await _maybe_await(deliver(device_id, request_id, result))
+        if not self.ingest.rpc_response(device_id, int(request_id), result):
+            log.info("RPC response %s from device %s came after its caller stopped waiting", request_id, device_id)
 
     async def _rpc_request(self, ref: Any, payload: bytes, conn: Connection, request_id: str) -> None:
         """Client-side RPC, device → platform. The ThingsBoard IoT Gateway sends nothing until
@@ -290,7 +297,8 @@ class MqttDeviceApi:
         known = self._children.get(key)
         if known is not None:
             return known.ref
-        ref = await _maybe_await(self.ingest.ensure_child_device(gateway, name, device_type))
+        # Blocking on first sight only (a database lookup or insert); then a dict lookup.
+        ref = await asyncio.to_thread(self.ingest.ensure_child_device, gateway, name, device_type)
         entry = _Child(ref=ref, gateway_id=gateway.device_id, name=name)
         self._children[key] = entry
         self._child_by_id[ref.device_id] = entry
@@ -337,7 +345,7 @@ class MqttDeviceApi:
             self.ingest.reject(ref.device_id, r.reason.value, r.detail)
         for name, values in per_device.items():
             child = await self.child(ref, name)
-            await asyncio.to_thread(store_client_attributes, self.db, child.device_id, values)
+            await asyncio.to_thread(self.ingest.save_client_attributes, child, values)
 
     async def _gateway_attributes_request(self, ref: Any, payload: bytes, conn: Connection, _rid: str) -> None:
         # {"id": 1, "device": "A", "client": true, "key": "k"} or "keys": [...]
@@ -352,8 +360,9 @@ class MqttDeviceApi:
         client = bool(data.get("client", False))
         keys = [data["key"]] if isinstance(data.get("key"), str) else [
             k for k in data.get("keys") or [] if isinstance(k, str)]
-        found = await asyncio.to_thread(read_attributes, self.db, child.device_id,
-                                        keys if client else [], [] if client else keys, client, not client)
+        found = await asyncio.to_thread(self.ingest.read_attributes, child,
+                                        client_keys=keys if client else None,
+                                        shared_keys=None if client else keys)
         values = found["client" if client else "shared"]
         answer: dict[str, Any] = {"id": data.get("id"), "device": data["device"]}
         if "key" in data:
@@ -463,56 +472,71 @@ def _keys(value: Any) -> list[str]:
     return []
 
 
-# -- small database helpers (run in a worker thread; one unit of work each) ----------------------
-def store_client_attributes(db: Any, device_id: int, values: dict[str, Any]) -> None:
-    """Upserts the device's client-scope attributes (what the device reports about itself)."""
-    from sqlalchemy import select
-
-    from ecoplat.connect.models import AttributeScope, DeviceAttribute
-    from ecoplat.db import utcnow
-
-    with db.session() as s:
-        existing = {a.key: a for a in s.scalars(select(DeviceAttribute).where(
-            DeviceAttribute.device_id == device_id, DeviceAttribute.scope == AttributeScope.client,
-            DeviceAttribute.key.in_(list(values))))}
-        now = utcnow()
-        for key, value in values.items():
-            row = existing.get(key)
-            if row is None:
-                s.add(DeviceAttribute(device_id=device_id, scope=AttributeScope.client, key=key,
-                                      value=value, updated_at=now))
-            else:
-                row.value = value
-                row.updated_at = now
-
-
-def read_attributes(db: Any, device_id: int, client_keys: list[str], shared_keys: list[str],
-                    want_client: bool, want_shared: bool) -> dict[str, dict[str, Any]]:
-    """ThingsBoard's attribute response: {"client": {...}, "shared": {...}}; an empty key list
-    means every key of that scope."""
-    from sqlalchemy import select
-
-    from ecoplat.connect.models import AttributeScope, DeviceAttribute
-
-    out: dict[str, dict[str, Any]] = {}
-    with db.session() as s:
-        for scope, keys, wanted in ((AttributeScope.client, client_keys, want_client),
-                                    (AttributeScope.shared, shared_keys, want_shared)):
-            if not wanted:
-                continue
-            q = select(DeviceAttribute.key, DeviceAttribute.value).where(
-                DeviceAttribute.device_id == device_id, DeviceAttribute.scope == scope)
-            if keys:
-                q = q.where(DeviceAttribute.key.in_(keys))
-            out[scope.value] = {k: v for k, v in s.execute(q)}
-    out.setdefault("client", {})
-    out.setdefault("shared", {})
-    return out
-
-
+# -- database helper (run in a worker thread) ---------------------------------------------------
 def enterprise_limits(db: Any, enterprise_id: int) -> dict[str, Any]:
     from ecoplat.tenancy.models import Enterprise
 
     with db.session() as s:
         enterprise = s.get(Enterprise, enterprise_id)
         return dict(enterprise.limits or {}) if enterprise is not None else {}
+
+
+# -- runtime: started by connect/runtime.py after the ingest pipeline ------------------------------
+async def start_mqtt(app: Any) -> None:
+    """Starts the MQTT transport the settings ask for: the embedded amqtt broker on
+    settings.mqtt_port (default), or the bridge to an external broker when
+    ECOPLAT_MQTT_BRIDGE_URL is set. Puts `app.state.mqtt` (the device API),
+    `app.state.mqtt_broker` or `app.state.mqtt_bridge`."""
+    settings: Settings = app.state.settings
+    app.state.mqtt = app.state.mqtt_broker = app.state.mqtt_bridge = None
+    if not settings.mqtt_enabled:
+        return
+    api = MqttDeviceApi(ingest=app.state.ingest, settings=settings, db=app.state.db,
+                        events=app.state.events)
+    api.start()
+    app.state.mqtt = api
+    if settings.mqtt_bridge_url:
+        from ecoplat.connect.bridge import MqttBridge
+
+        bridge = MqttBridge(api, url=settings.mqtt_bridge_url,
+                            topics=settings.mqtt_bridge_topics.split(","),
+                            group=settings.mqtt_bridge_share_group,
+                            client_id=bridge_client_id(settings))
+        await bridge.start()
+        app.state.mqtt_bridge = bridge
+        log.info("MQTT bridge consuming %s as %s", settings.mqtt_bridge_url, bridge_client_id(settings))
+        return
+    from ecoplat.connect.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(api, host=settings.mqtt_host, port=settings.mqtt_port)
+    try:
+        await broker.start()
+    except Exception as e:
+        api.stop()
+        raise RuntimeError(
+            f"The embedded MQTT broker cannot listen on {settings.mqtt_host}:{settings.mqtt_port} ({e}). "
+            "Another broker (Mosquitto?) may hold the port: choose another with --mqtt-port or "
+            "ECOPLAT_MQTT_PORT, or consume that broker with ECOPLAT_MQTT_BRIDGE_URL=mqtt://host:port."
+        ) from e
+    app.state.mqtt_broker = broker
+    log.info("embedded MQTT broker listening on %s:%s", settings.mqtt_host, settings.mqtt_port)
+
+
+async def stop_mqtt(app: Any) -> None:
+    api: MqttDeviceApi | None = getattr(app.state, "mqtt", None)
+    if api is not None:
+        api.stop()
+    bridge = getattr(app.state, "mqtt_bridge", None)
+    if bridge is not None:
+        await bridge.stop()
+    broker = getattr(app.state, "mqtt_broker", None)
+    if broker is not None:
+        await broker.stop()
+    app.state.mqtt = app.state.mqtt_broker = app.state.mqtt_bridge = None
+
+
+def bridge_client_id(settings: Settings) -> str:
+    """Stable per ingest process (its HTTP port), so a restart resumes the persistent session and
+    the broker redelivers what was not acknowledged; distinct per process, so shared
+    subscriptions spread the load across them."""
+    return f"ecoplat-ingest-{settings.port}"

@@ -45,7 +45,15 @@ async def stop_ingest(app: FastAPI) -> None:
 
 async def start(app: FastAPI) -> None:
     await start_ingest(app)
+    # MQTT transports (engineer "connect-mqtt", connect/mqtt.py): embedded broker or bridge.
+    from ecoplat.connect.mqtt import start_mqtt
+
+    await start_mqtt(app)
 
 
 async def stop(app: FastAPI) -> None:
+    # Transports first, so nothing submits into a stopping pipeline.
+    from ecoplat.connect.mqtt import stop_mqtt
+
+    await stop_mqtt(app)
     await stop_ingest(app)

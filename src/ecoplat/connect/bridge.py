@@ -1,0 +1,259 @@
+"""Bridge mode: ingest from an external broker (Mosquitto, EMQX) instead of the embedded one.
+
+Enabled by `ECOPLAT_MQTT_BRIDGE_URL=mqtt://host:port`. Each ingest process subscribes with
+paho-mqtt (MQTT 5) to the configured topics as `$share/<group>/<topic>`, so several processes
+split the load and the broker hands each message to exactly one of them.
+
+Device identity. A subscriber behind a broker never learns who published, and a non-gateway
+payload is never trusted to name its device. The identity therefore comes from the topic, whose
+second level is the device's access token:
+
+    v1/devices/<access token>/telemetry | attributes | attributes/request/<id> | rpc/request/<id> | rpc/response/<id>
+    v1/gateway/<gateway access token>/telemetry | attributes | connect | disconnect | rpc
+
+Knowing the token is what proves identity, as with the username of the embedded broker. On
+Mosquitto, give each device its token as username and a per-user pattern ACL
+(`pattern write v1/devices/%u/#`, `pattern read v1/devices/%u/#`, the same for `v1/gateway/%u/#`),
+so a device can neither publish as another nor read another's topics. Children behind a gateway
+are named in the gateway payload, which the gateway API defines. Answers (attribute responses,
+client-side RPC answers such as the gateway's `getSessionLimits`) go back on the same topic family
+with `me` replaced by the token. Server-side RPC and shared-attribute pushes are not routed through
+the bridge: they need the device's live connection, which only the embedded broker has.
+
+Durability and crashes: QoS 1 with manual acknowledgement (`manual_ack=True`): a message is
+acknowledged to the broker only after the points it carried are durable. The session is persistent
+(clean_start False, a session expiry interval) under a client id stable for this process
+(`ecoplat-ingest-<port>` by default), so after a kill -9 and a restart the broker redelivers every
+message that had not been acknowledged. Replays are harmless because the store keeps one row per
+(device, key, ts): devices that send their own `ts` are never doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ecoplat.connect import payloads
+from ecoplat.connect.mqtt import MqttDeviceApi
+from ecoplat.connect.payloads import PayloadError, RejectReason
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 3600
+# Messages the broker may have in flight to us unacknowledged (MQTT 5 Receive Maximum). Acks wait
+# for a durable batch, so this must cover a whole batch interval at full rate.
+RECEIVE_MAXIMUM = 65535
+
+
+class BridgeConnection:
+    """Answers to one device through the external broker, on its token topic family."""
+
+    def __init__(self, bridge: MqttBridge, token: str, *, gateway: bool) -> None:
+        self._bridge = bridge
+        self._token = token
+        self._gateway = gateway
+        self.client_id = f"bridge:{token[:6]}"
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        if topic.startswith("v1/devices/me/"):
+            topic = f"v1/devices/{self._token}/" + topic[len("v1/devices/me/"):]
+        elif topic.startswith("v1/gateway/"):
+            topic = f"v1/gateway/{self._token}/" + topic[len("v1/gateway/"):]
+        self._bridge.client.publish(topic, payload, qos=qos)
+
+
+class MqttBridge:
+    """One shared-subscription consumer of the external broker for this process."""
+
+    def __init__(self, device_api: MqttDeviceApi, *, url: str, topics: list[str], group: str,
+                 client_id: str) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("mqtt", "tcp", ""):
+            raise ValueError(f"ECOPLAT_MQTT_BRIDGE_URL must be mqtt://host:port, got {url!r}")
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 1883
+        self.username = parsed.username
+        self.password = parsed.password
+        self.topics = [t.strip() for t in topics if t.strip()]
+        self.group = group
+        self.device_api = device_api
+        self.ingest = device_api.ingest
+        self.max_bytes = device_api.max_bytes
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5, manual_ack=True)
+        if self.username:
+            self.client.username_pw_set(self.username, self.password)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+        self.connected = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Parsed telemetry waiting for the event loop: (enterprise id, points, mid). The paho thread
+        # parses (so the loop does not), the loop drains everything pending into one submit per
+        # enterprise and acknowledges all those messages once that submit returned (durable).
+        self._pending: deque[tuple[int, list[Any], int]] = deque()
+        self._drain_scheduled = False
+        self._lock = threading.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.messages = 0
+
+    # -- life cycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False,
+                                  properties=props)
+        self.client.loop_start()
+        if not await asyncio.to_thread(self.connected.wait, 15):
+            log.warning("bridge: no CONNACK from %s:%s yet; paho keeps retrying", self.host, self.port)
+
+    async def stop(self) -> None:
+        # Wait briefly for in-flight drains so their acks go out before disconnecting.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        self.client.disconnect()
+        await asyncio.to_thread(self.client.loop_stop)
+
+    # -- paho callbacks (paho's network thread) -------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any,
+                    _props: Any = None) -> None:
+        if reason_code.is_failure:
+            log.error("bridge: %s:%s refused the connection: %s", self.host, self.port, reason_code)
+            return
+        opts = SubscribeOptions(qos=1)
+        client.subscribe([(f"$share/{self.group}/{t}", opts) for t in self.topics])
+        log.info("bridge: connected to %s:%s, shared group %r, %d topic filters",
+                 self.host, self.port, self.group, len(self.topics))
+        self.connected.set()
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any,
+                       _props: Any = None) -> None:
+        self.connected.clear()
+        log.info("bridge: disconnected (%s); paho reconnects", reason_code)
+
+    def _on_message(self, client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.messages += 1
+        topic = msg.topic
+        parts = topic.split("/", 3)
+        try:
+            if len(parts) == 4 and parts[0] == "v1" and parts[1] in ("devices", "gateway"):
+                self._handle(parts[1], parts[2], parts[3], msg)
+                return
+            self.ingest.reject(None, RejectReason.topic_not_allowed.value,
+                               f"bridge: {topic!r} is not v1/devices/<token>/… or v1/gateway/<token>/…")
+        except Exception:
+            log.exception("bridge: processing %s failed", topic)
+        self._ack(msg.mid, msg.qos)
+
+    def _handle(self, family: str, token: str, rest: str, msg: mqtt.MQTTMessage) -> None:
+        ref = self._resolve(token)
+        if ref is None:
+            self.ingest.reject(None, RejectReason.unknown_token.value,
+                               f"bridge: unknown access token {token[:4]}… on {family}/{rest}")
+            self._ack(msg.mid, msg.qos)
+            return
+        if getattr(ref, "revoked", False):
+            self.ingest.reject(ref.device_id, RejectReason.revoked_token.value,
+                               f"bridge: revoked access token on {family}/{rest}")
+            self._ack(msg.mid, msg.qos)
+            return
+        payload = msg.payload
+        if family == "devices" and rest == "telemetry":
+            # The hot path: parse here, in paho's thread, and queue for the loop.
+            try:
+                points, rejects = payloads.parse_telemetry(payload, device_id=ref.device_id,
+                                                           now_ms=int(time.time() * 1000),
+                                                           max_bytes=self.max_bytes)
+            except PayloadError as e:
+                self.ingest.reject(ref.device_id, e.reason.value, e.detail)
+                self._ack(msg.mid, msg.qos)
+                return
+            for r in rejects:
+                self.ingest.reject(ref.device_id, r.reason.value, r.detail)
+            if not points:
+                self._ack(msg.mid, msg.qos)
+                return
+            self._enqueue(ref.enterprise_id, points, msg.mid if msg.qos else -1)
+            return
+        # Everything else (gateway API, attributes, RPC) goes through the shared device API on the
+        # loop, with answers routed back on this token's topics; acked when it has been processed.
+        me_topic = ("v1/devices/me/" if family == "devices" else "v1/gateway/") + rest
+        conn = BridgeConnection(self, token, gateway=family == "gateway")
+        self._spawn(self._process(ref, me_topic, bytes(payload), conn, msg.mid, msg.qos))
+
+    def _resolve(self, token: str) -> Any | None:
+        result = self.ingest.resolve_token(token)
+        if asyncio.iscoroutine(result):
+            assert self._loop is not None
+            return asyncio.run_coroutine_threadsafe(result, self._loop).result(30)
+        return result
+
+    def _ack(self, mid: int, qos: int) -> None:
+        if qos:
+            self.client.ack(mid, qos)
+
+    def _enqueue(self, enterprise_id: int, points: list[Any], mid: int) -> None:
+        with self._lock:
+            self._pending.append((enterprise_id, points, mid))
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _spawn(self, coro: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._create_task, coro)
+
+    def _create_task(self, coro: Any) -> None:
+        task = self._loop.create_task(coro)  # type: ignore[union-attr]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- event loop side ------------------------------------------------------------------------
+    def _start_drain(self) -> None:
+        with self._lock:
+            items = list(self._pending)
+            self._pending.clear()
+            self._drain_scheduled = False
+        if items:
+            self._create_task(self._submit(items))
+
+    async def _submit(self, items: list[tuple[int, list[Any], int]]) -> None:
+        by_enterprise: dict[int, list[Any]] = {}
+        for enterprise_id, points, _mid in items:
+            bucket = by_enterprise.get(enterprise_id)
+            if bucket is None:
+                by_enterprise[enterprise_id] = points
+            else:
+                bucket.extend(points)
+        try:
+            for enterprise_id, points in by_enterprise.items():
+                await self.ingest.submit(points, enterprise_id=enterprise_id)
+        except Exception:
+            # Not durable: no ack, so the broker redelivers these messages after a reconnect.
+            log.exception("bridge: submitting %d messages failed; they stay unacknowledged", len(items))
+            return
+        ack = self.client.ack
+        for _e, _p, mid in items:
+            if mid >= 0:
+                ack(mid, 1)
+
+    async def _process(self, ref: Any, topic: str, payload: bytes, conn: BridgeConnection,
+                       mid: int, qos: int) -> None:
+        try:
+            await self.device_api.on_publish(ref, topic, payload, conn)
+        except Exception:
+            log.exception("bridge: processing %s failed", topic)
+        self._ack(mid, qos)
