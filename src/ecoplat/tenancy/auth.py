@@ -13,6 +13,7 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -148,7 +149,13 @@ def authenticate(db: Session, token: str, *, secret: str) -> Principal:
     return principal_for_user(db, user)
 
 
-def current_principal(request: Request, db: DbSession) -> Principal:
+# Declares the bearer scheme in OpenAPI so /docs "Authorize" signs in through the password flow.
+# auto_error=False: the token may also come from the page cookie; _bearer() reads both.
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)
+
+
+def current_principal(request: Request, db: DbSession,
+                      _token: Annotated[str | None, Depends(oauth2_scheme)] = None) -> Principal:
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached

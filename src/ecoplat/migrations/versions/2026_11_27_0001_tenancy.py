@@ -1,7 +1,7 @@
 """tenancy
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-27
 """
 from collections.abc import Sequence
@@ -224,9 +224,49 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_equipment_site_id'), ['site_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_equipment_workstation_id'), ['workstation_id'], unique=False)
 
+    _create_enterprise_name_search()
+
+
+# Enterprise name search must stay index-backed at 100,000 enterprises, with substring matches
+# that work for Chinese names too (no word boundaries): a trigram index on either database.
+# SQLite: an external-content FTS5 table with the trigram tokenizer, kept in step by triggers.
+_SQLITE_FTS = [
+    "CREATE VIRTUAL TABLE enterprises_fts USING fts5(name, content='enterprises', content_rowid='id', "
+    "tokenize='trigram')",
+    "CREATE TRIGGER enterprises_fts_ai AFTER INSERT ON enterprises BEGIN "
+    "INSERT INTO enterprises_fts(rowid, name) VALUES (new.id, new.name); END",
+    "CREATE TRIGGER enterprises_fts_ad AFTER DELETE ON enterprises BEGIN "
+    "INSERT INTO enterprises_fts(enterprises_fts, rowid, name) VALUES ('delete', old.id, old.name); END",
+    "CREATE TRIGGER enterprises_fts_au AFTER UPDATE OF name ON enterprises BEGIN "
+    "INSERT INTO enterprises_fts(enterprises_fts, rowid, name) VALUES ('delete', old.id, old.name); "
+    "INSERT INTO enterprises_fts(rowid, name) VALUES (new.id, new.name); END",
+    "INSERT INTO enterprises_fts(enterprises_fts) VALUES ('rebuild')",
+]
+
+
+def _create_enterprise_name_search() -> None:
+    dialect = op.get_bind().dialect.name
+    if dialect == "sqlite":
+        for statement in _SQLITE_FTS:
+            op.execute(statement)
+    elif dialect == "postgresql":
+        # pg_trgm is a trusted extension (PostgreSQL 13+): a database owner may create it.
+        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        op.execute("CREATE INDEX ix_enterprises_name_trgm ON enterprises USING gin (name gin_trgm_ops)")
+
+
+def _drop_enterprise_name_search() -> None:
+    dialect = op.get_bind().dialect.name
+    if dialect == "sqlite":
+        for trigger in ("enterprises_fts_ai", "enterprises_fts_ad", "enterprises_fts_au"):
+            op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        op.execute("DROP TABLE IF EXISTS enterprises_fts")
+    elif dialect == "postgresql":
+        op.execute("DROP INDEX IF EXISTS ix_enterprises_name_trgm")
 
 
 def downgrade() -> None:
+    _drop_enterprise_name_search()
     with op.batch_alter_table('equipment', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_equipment_workstation_id'))
         batch_op.drop_index(batch_op.f('ix_equipment_site_id'))
