@@ -314,10 +314,8 @@ class IngestPipeline:
             self._cond.notify_all()
         for item in batch:
             if item.future is not None and item.loop is not None:
-                try:
+                with contextlib.suppress(RuntimeError):  # the submitter's loop is closed
                     item.loop.call_soon_threadsafe(_resolve, item.future, error)
-                except RuntimeError:  # the submitter's loop is closed
-                    pass
             if item.done is not None:
                 item.error = error
                 item.done.set()
@@ -555,14 +553,16 @@ class IngestPipeline:
     def read_attributes(self, device: DeviceRef, *, client_keys: Sequence[str] | None,
                         shared_keys: Sequence[str] | None) -> dict[str, dict[str, Any]]:
         """ThingsBoard's attribute request answer: {"client": {...}, "shared": {...}}; no keys
-        asked for a scope → every key of that scope."""
+        asked at all → every key of both scopes."""
         with self.database.session() as db:
             rows = db.execute(select(DeviceAttribute.scope, DeviceAttribute.key, DeviceAttribute.value)
                               .where(DeviceAttribute.device_id == device.device_id,
                                      DeviceAttribute.scope.in_([AttributeScope.client, AttributeScope.shared]))).all()
         out: dict[str, dict[str, Any]] = {"client": {}, "shared": {}}
-        wanted = {"client": set(client_keys) if client_keys else None,
-                  "shared": set(shared_keys) if shared_keys else None}
+        if not client_keys and not shared_keys:
+            wanted: dict[str, set[str] | None] = {"client": None, "shared": None}
+        else:  # asking for some keys of one scope asks for nothing of the other, as ThingsBoard does
+            wanted = {"client": set(client_keys or ()), "shared": set(shared_keys or ())}
         for scope, key, value in rows:
             name = scope.value if hasattr(scope, "value") else str(scope)
             keys = wanted[name]
