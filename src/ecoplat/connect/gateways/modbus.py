@@ -319,7 +319,7 @@ class ModbusConnector(Connector[ModbusConfig]):
             client.close()
 
 
-async def test_read(config: ModbusConfig) -> list[dict[str, Any]]:
+async def read_once(config: ModbusConfig) -> list[dict[str, Any]]:
     """Reads every mapped register once and returns key, raw words and value (the "test read"
     of the configuration form). Connection problems raise; exception answers are reported."""
     client = _client(config)
