@@ -10,11 +10,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from asyncua import ua
-
-from ecoplat.connect.gateways.base import ConnectorState, Coordinator, connector_types
-from ecoplat.connect.gateways.modbus import ModbusConfig, ModbusConnector, read_once
-from ecoplat.connect.gateways.opcua import OpcUaConnector, browse
-from ecoplat.telemetry.points import Point
 from tests.conftest import free_port
 from tests.connect.gateway_servers import (
     MODBUS_EXPECTED,
@@ -22,6 +17,11 @@ from tests.connect.gateway_servers import (
     OpcUaTestServer,
     modbus_register_config,
 )
+
+from ecoplat.connect.gateways.base import ConnectorState, Coordinator, connector_types
+from ecoplat.connect.gateways.modbus import ModbusConfig, ModbusConnector, read_once
+from ecoplat.connect.gateways.opcua import OpcUaConnector, browse
+from ecoplat.telemetry.points import Point
 
 DEVICE_ID = 4242
 
