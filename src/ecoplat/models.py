@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-DOMAINS_WITH_MODELS = ["tenancy", "connect", "telemetry", "alarms"]
+DOMAINS_WITH_MODELS = ["tenancy", "connect", "connect.gateways", "telemetry", "alarms"]
 
 
 def load_all_models() -> None:
