@@ -1,0 +1,81 @@
+"""Builders for connect tests: enterprises with users of a given role, and their request headers."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sqlalchemy.orm import Session
+
+from ecoplat.tenancy.auth import Principal, hash_password, issue_tokens, principal_for_user
+from ecoplat.tenancy.models import (
+    Ecosystem,
+    EcosystemMembership,
+    Enterprise,
+    Equipment,
+    MembershipRole,
+    Role,
+    Site,
+    SizeClass,
+    User,
+)
+
+SECRET = "test-secret-" + "x" * 32  # the `settings` fixture's secret_key
+
+
+@lru_cache(maxsize=1)
+def _password_hash() -> str:
+    return hash_password("correct horse battery staple")  # argon2 once per run, not per user
+
+
+@dataclass
+class Actor:
+    enterprise_id: int
+    user_id: int
+    principal: Principal
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def make_enterprise(db: Session, *, name: str = "Bohai Chlor-Alkali", size: SizeClass = SizeClass.small) -> Enterprise:
+    ent = Enterprise(name=f"{name} {secrets.token_hex(3)}", country="CN", isic_class="2011", size_class=size)
+    db.add(ent)
+    db.flush()
+    return ent
+
+
+def make_actor(db: Session, *, enterprise_id: int | None = None, role: Role = Role.enterprise_admin) -> Actor:
+    if enterprise_id is None:
+        enterprise_id = make_enterprise(db).id
+    user = User(enterprise_id=enterprise_id, email=f"{role.value}-{secrets.token_hex(5)}@example.com",
+                password_hash=_password_hash(), roles=[role.value])
+    db.add(user)
+    db.flush()
+    token = issue_tokens(user, secret=SECRET, access_minutes=60, refresh_days=1)["access_token"]
+    return Actor(enterprise_id, user.id, principal_for_user(db, user), token)
+
+
+def make_steward(db: Session) -> Actor:
+    """An ecosystem steward of a large enterprise that co-builds an ecosystem."""
+    ent = make_enterprise(db, name="Sinochem Steward", size=SizeClass.large)
+    eco = Ecosystem(slug=f"chlor-alkali-{secrets.token_hex(3)}", name_en="Chlor-alkali", name_zh="氯碱",
+                    industry="chemicals")
+    db.add(eco)
+    db.flush()
+    db.add(EcosystemMembership(ecosystem_id=eco.id, enterprise_id=ent.id, role=MembershipRole.co_builder))
+    db.flush()
+    return make_actor(db, enterprise_id=ent.id, role=Role.ecosystem_steward)
+
+
+def make_equipment(db: Session, enterprise_id: int, *, name: str = "Electrolyzer E-101") -> Equipment:
+    site = Site(enterprise_id=enterprise_id, name="Main site")
+    db.add(site)
+    db.flush()
+    eq = Equipment(enterprise_id=enterprise_id, site_id=site.id, name=name, tag="E-101")
+    db.add(eq)
+    db.flush()
+    return eq
