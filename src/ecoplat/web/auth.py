@@ -25,14 +25,8 @@ from fastapi.routing import APIRoute, APIRouter
 from ecoplat.config import Settings
 from ecoplat.db import DbSession
 from ecoplat.errors import NotAuthenticated, ProblemError
-from ecoplat.tenancy.auth import (
-    Principal,
-    authenticate,
-    decode_token,
-    issue_tokens,
-    principal_for_user,
-)
-from ecoplat.tenancy.models import User
+from ecoplat.tenancy import service as tenancy
+from ecoplat.tenancy.auth import Principal, authenticate
 from ecoplat.web.templating import apply_session_cookies, render
 
 log = logging.getLogger(__name__)
@@ -78,25 +72,22 @@ def clear_session_cookies(response: Response) -> None:
 
 
 def _renew_from_refresh_cookie(request: Request, db: DbSession, settings: Settings) -> Principal | None:
-    """A valid refresh cookie for an active user whose tokens were not revoked gives a new pair."""
+    """A valid refresh cookie (active user, tokens not revoked) gives a new pair, through the same
+    tenancy service call as POST /api/auth/refresh."""
     token = request.cookies.get(REFRESH_COOKIE)
     if not token:
         return None
     try:
-        claims = decode_token(token, secret=settings.resolved_secret_key, expected_type="refresh")
+        tokens = tenancy.refresh_tokens(db, refresh_token=token, settings=settings)
+        principal = authenticate(db, tokens["access_token"], secret=settings.resolved_secret_key)
     except NotAuthenticated:
         return None
-    user = db.get(User, int(claims["sub"]))
-    if user is None or not user.is_active or claims.get("ver") != user.token_version:
-        return None
-    tokens = issue_tokens(user, secret=settings.resolved_secret_key, access_minutes=settings.access_token_minutes,
-                          refresh_days=settings.refresh_token_days)
     pending = getattr(request.state, "pending_cookies", None)
     if pending is None:
         pending = []
         request.state.pending_cookies = pending
     pending.append(lambda response: set_session_cookies(response, tokens, settings))
-    return principal_for_user(db, user)
+    return principal
 
 
 def page_principal(request: Request, db: DbSession) -> Principal:

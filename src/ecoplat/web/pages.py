@@ -1,28 +1,104 @@
-"""The foundation's pages: sign in/out, language switch, static files. The ecosystem overview,
-enterprise site tree, user admin and audit log follow in this module."""
+"""The foundation's pages: sign in/out, language switch, ecosystem overview, enterprise page with
+its site tree, user admin and audit log. Every read and write goes through the tenancy service,
+which scopes by tenant (another tenant's id answers 404, rendered as a page)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta
+from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import Form, Request
+from fastapi import Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ecoplat.db import DbSession
+from ecoplat.errors import Conflict, Forbidden, NotFound, ProblemError
+from ecoplat.pagination import PageParams
+from ecoplat.tenancy import service as tenancy
+from ecoplat.tenancy.auth import Principal
+from ecoplat.tenancy.models import Ecosystem, EcosystemMembership, Enterprise, Role
+from ecoplat.tenancy.schemas import UserCreate, UserUpdate
 from ecoplat.web.auth import (
     OptionalPagePrincipal,
+    PagePrincipal,
     clear_session_cookies,
     page_router,
     safe_next,
     set_session_cookies,
 )
-from ecoplat.web.login import LoginFailed, password_login
-from ecoplat.web.templating import LOCALE_COOKIE, STATIC_DIR, normalize_locale, render, translate
+from ecoplat.web.login import LoginFailed, password_login, save_user_locale
+from ecoplat.web.templating import (
+    LOCALE_COOKIE,
+    LOCALES,
+    N_,
+    STATIC_DIR,
+    get_translations,
+    normalize_locale,
+    render,
+    request_locale,
+    translate,
+)
+from ecoplat.web.views import (
+    audit_diff,
+    build_site_tree,
+    country_chart,
+    iri_local_name,
+    size_class_chart,
+)
 
 router = page_router()
 router.mount("/static", StaticFiles(directory=str(STATIC_DIR), check_dir=False), name="static")
 
+T = TypeVar("T")
+
+# Labels of enumerations, marked for translation (the templates translate them with _()).
+SIZE_LABELS = {"large": N_("Large"), "medium": N_("Medium"), "small": N_("Small"), "micro": N_("Micro")}
+MEMBERSHIP_LABELS = {"co_builder": N_("Co-builder"), "member": N_("Member")}
+ROLE_LABELS = {
+    "platform_admin": N_("Platform admin"),
+    "ecosystem_steward": N_("Ecosystem steward"),
+    "enterprise_admin": N_("Enterprise admin"),
+    "engineer": N_("Engineer"),
+    "safety_officer": N_("Safety officer"),
+    "operator": N_("Operator"),
+    "customer": N_("Customer"),
+}
+KIND_LABELS = {"site": N_("Site"), "area": N_("Area"), "line": N_("Line"), "workstation": N_("Workstation"),
+               "equipment": N_("Equipment")}
+ACTION_LABELS = {"create": N_("created"), "update": N_("updated"), "delete": N_("deleted"),
+                 "login": N_("signed in"), "login_failed": N_("failed sign-in"), "revoke": N_("revoked")}
+PAGE_LIMIT = 50
+TREE_BATCH = 500
+
+
+def _ip(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def _all(fn: Callable[..., tuple[list[T], str | None]], db: Session, actor: Principal, **filters: Any) -> list[T]:
+    """Every row of a paginated service list (a plant has hundreds of rows, not millions)."""
+    rows: list[T] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = fn(db, actor=actor, page=PageParams(limit=TREE_BATCH, cursor=cursor), **filters)
+        rows.extend(page)
+        if not cursor:
+            return rows
+
+
+def _zone(tz: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+# ---------------------------------------------------------------- sign in/out, language
 
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, principal: OptionalPagePrincipal, next: str = "/") -> Response:
@@ -42,23 +118,25 @@ def login_submit(request: Request, db: DbSession, email: Annotated[str, Form()] 
         errors["password"] = translate(request, "Enter your password.")
     form_error = None
     status = 422
+    headers: dict[str, str] | None = None
     if not errors:
         try:
-            tokens = password_login(db, email=email.strip(), password=password, settings=settings,
-                                    ip=request.client.host if request.client else "")
+            tokens = password_login(db, email=email.strip(), password=password, settings=settings, ip=_ip(request))
         except LoginFailed as e:
             status = e.status
             if e.retry_after_s:
+                headers = {"Retry-After": str(e.retry_after_s)}
                 form_error = translate(request, "Too many failed sign-ins. Try again in %(seconds)s seconds.",
                                        seconds=e.retry_after_s)
             else:
-                form_error = translate(request, "The e-mail address or the password is wrong, or the account is deactivated.")
+                form_error = translate(request, "The e-mail address or the password is wrong, "
+                                                "or the account is deactivated.")
         else:
             response = RedirectResponse(safe_next(next), status_code=303)
             set_session_cookies(response, tokens, settings)
             return response
     return render(request, "login.html", {"next": safe_next(next), "values": {"email": email}, "errors": errors,
-                                          "form_error": form_error}, status_code=status)
+                                          "form_error": form_error}, status_code=status, headers=headers)
 
 
 @router.post("/logout")
@@ -71,15 +149,276 @@ def logout(request: Request) -> Response:
 @router.post("/locale")
 def switch_locale(request: Request, db: DbSession, principal: OptionalPagePrincipal,
                   locale: Annotated[str, Form()] = "en", next: Annotated[str, Form()] = "/") -> Response:
-    """Switches the UI language: saved on the user when signed in, in a cookie in any case
+    """Switches the UI language: saved on the user when signed in, and in a cookie in any case
     (so the login page speaks it too)."""
     chosen = normalize_locale(locale) or "en"
     if principal is not None and principal.user_id is not None:
-        from ecoplat.web.login import save_user_locale
-
         save_user_locale(db, actor=principal, locale=chosen)
-        # The principal cached on this request still carries the old locale; drop it.
-        request.state.principal = None
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(LOCALE_COOKIE, chosen, max_age=365 * 86400, httponly=True, samesite="lax", path="/")
     return response
+
+
+# ---------------------------------------------------------------- ecosystem overview
+
+def _ecosystem_members(db: Session, *, actor: Principal, ecosystem_id: int) -> list[dict[str, Any]]:
+    """The public fields of an ecosystem's members (name, country, size class, ISIC class, role).
+    The tenancy service lists whole enterprises only to stewards and platform admins; the written
+    permission 'ecosystem:read' lets every member see the member list, so this reads the public
+    columns only, and only of an ecosystem the service says the actor may see (404 otherwise)."""
+    tenancy.get_ecosystem(db, actor=actor, ecosystem_id=ecosystem_id)
+    rows = db.execute(
+        select(Enterprise.id, Enterprise.name, Enterprise.country, Enterprise.size_class, Enterprise.isic_class,
+               EcosystemMembership.role)
+        .join(EcosystemMembership, EcosystemMembership.enterprise_id == Enterprise.id)
+        .where(EcosystemMembership.ecosystem_id == ecosystem_id)
+        .order_by(EcosystemMembership.role, Enterprise.name, Enterprise.id)
+    ).all()
+    return [{"id": r.id, "name": r.name, "country": r.country, "size_class": getattr(r.size_class, "value", r.size_class),
+             "isic_class": r.isic_class, "role": getattr(r.role, "value", r.role)} for r in rows]
+
+
+def _ecosystem_name(eco: Ecosystem, locale: str) -> str:
+    return eco.name_zh if locale == "zh-CN" and eco.name_zh else eco.name_en
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview(request: Request, db: DbSession, principal: PagePrincipal,
+             ecosystem: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None) -> Response:
+    locale = request_locale(request)
+    if not principal.can("ecosystem:read"):
+        # Someone without ecosystem access still has a home: their enterprise.
+        return RedirectResponse("/enterprise", status_code=303)
+    ecosystems = _all(tenancy.list_ecosystems, db, principal)
+    selected = None
+    if ecosystem is not None:
+        selected = tenancy.get_ecosystem(db, actor=principal, ecosystem_id=ecosystem)
+    elif ecosystems:
+        own = set(db.scalars(select(EcosystemMembership.ecosystem_id)
+                             .where(EcosystemMembership.enterprise_id == principal.enterprise_id)))
+        selected = next((e for e in ecosystems if e.id in own), ecosystems[0])
+    members: list[dict[str, Any]] = []
+    charts: dict[str, Any] = {}
+    if selected is not None:
+        members = _ecosystem_members(db, actor=principal, ecosystem_id=selected.id)
+        t = get_translations(locale)
+        territories = _territories(locale)
+        charts = {
+            "size": size_class_chart([m["size_class"] for m in members],
+                                     lambda s: t.gettext(SIZE_LABELS.get(s, s)), t.gettext("Members by size class")),
+            "country": country_chart([m["country"] for m in members],
+                                     lambda c: territories.get(c, c), t.gettext("Members by country")),
+        }
+        for m in members:
+            m["country_name"] = territories.get(m["country"], m["country"])
+            m["viewable"] = principal.is_platform_admin or m["id"] == principal.enterprise_id or (
+                selected.id in principal.stewarded_ecosystem_ids and principal.can("ecosystem:members"))
+    counts = tenancy.member_counts(db, [e.id for e in ecosystems])
+    return render(request, "overview.html", {
+        "ecosystems": [{"id": e.id, "name": _ecosystem_name(e, locale), "industry": e.industry,
+                        "members": counts.get(e.id, 0)} for e in ecosystems],
+        "selected": selected,
+        "selected_name": _ecosystem_name(selected, locale) if selected else "",
+        "members": members,
+        "charts": charts,
+        "size_labels": SIZE_LABELS,
+        "membership_labels": MEMBERSHIP_LABELS,
+        "co_builders": sum(1 for m in members if m["role"] == "co_builder"),
+    })
+
+
+def _territories(locale: str) -> dict[str, str]:
+    from babel import Locale
+
+    return dict(Locale.parse(LOCALES.get(locale, "en")).territories)
+
+
+# ---------------------------------------------------------------- enterprise and its site tree
+
+@router.get("/enterprise")
+def own_enterprise(principal: PagePrincipal) -> Response:
+    return RedirectResponse(f"/enterprises/{principal.enterprise_id}", status_code=303)
+
+
+@router.get("/enterprises/{enterprise_id}", response_class=HTMLResponse)
+def enterprise_page(request: Request, db: DbSession, principal: PagePrincipal, enterprise_id: int) -> Response:
+    if not 1 <= enterprise_id <= 2_147_483_647:
+        raise NotFound("enterprise", enterprise_id)
+    locale = request_locale(request)
+    ent = tenancy.get_enterprise(db, actor=principal, enterprise_id=enterprise_id)
+    view = tenancy.enterprise_views(db, actor=principal, rows=[ent])[0]
+    # The plant is private: its own people (with plant:read) and platform admins see it;
+    # a steward of the ecosystem sees the public fields only.
+    show_tree = principal.sees_enterprise(ent.id) and principal.can("plant:read")
+    tree = []
+    if show_tree:
+        sites = _all(tenancy.list_sites, db, principal, enterprise_id=ent.id)
+        areas, lines, workstations, equipment = [], [], [], []
+        for s in sites:
+            site_areas = _all(tenancy.list_areas, db, principal, site_id=s.id)
+            areas.extend(site_areas)
+            for a in site_areas:
+                area_lines = _all(tenancy.list_lines, db, principal, area_id=a.id)
+                lines.extend(area_lines)
+                for ln in area_lines:
+                    workstations.extend(_all(tenancy.list_workstations, db, principal, line_id=ln.id))
+            equipment.extend(_all(tenancy.list_equipment, db, principal, site_id=s.id))
+        tree = build_site_tree(sites, areas, lines, workstations, equipment)
+    ecosystems = {e.id: e for e in _all(tenancy.list_ecosystems, db, principal)} if principal.can("ecosystem:read") else {}
+    memberships = [{"name": _ecosystem_name(ecosystems[m.ecosystem_id], locale), "id": m.ecosystem_id,
+                    "role": m.role.value} for m in view.memberships if m.ecosystem_id in ecosystems]
+    return render(request, "enterprise.html", {
+        "enterprise": view,
+        "country_name": _territories(locale).get(ent.country, ent.country),
+        "tree": tree,
+        "show_tree": show_tree,
+        "memberships": memberships,
+        "size_labels": SIZE_LABELS,
+        "membership_labels": MEMBERSHIP_LABELS,
+        "kind_labels": KIND_LABELS,
+        "iri_local_name": iri_local_name,
+    })
+
+
+# ---------------------------------------------------------------- user admin
+
+def _grantable_roles(principal: Principal) -> list[str]:
+    if principal.is_platform_admin:
+        return [r.value for r in Role]
+    return [r.value for r in Role if r.value in principal.roles]
+
+
+def _field_errors(request: Request, exc: ValidationError) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    for e in exc.errors():
+        name = str(e["loc"][0]) if e.get("loc") else "form"
+        if name in errors:
+            continue
+        kind = e.get("type", "")
+        if name == "email":
+            errors[name] = translate(request, "Enter a valid e-mail address, like name@example.com.")
+        elif name == "password":
+            errors[name] = translate(request, "The password needs at least 8 characters.")
+        elif name == "roles" and kind in ("too_short", "missing"):
+            errors[name] = translate(request, "Choose at least one role.")
+        else:
+            errors[name] = translate(request, "This value is not valid: %(problem)s", problem=e.get("msg", ""))
+    return errors
+
+
+def _users_page(request: Request, db: Session, principal: Principal, *, values: dict[str, Any] | None = None,
+                errors: dict[str, str] | None = None, form_error: str | None = None, status_code: int = 200,
+                q: str | None = None, cursor: str | None = None, notice: str | None = None) -> Response:
+    users, next_cursor = tenancy.list_users(db, actor=principal, page=PageParams(limit=PAGE_LIMIT, cursor=cursor),
+                                            q=q or None, enterprise_id=principal.enterprise_id)
+    ent = db.get(Enterprise, principal.enterprise_id)
+    return render(request, "users.html", {
+        "users": users,
+        "next_cursor": next_cursor,
+        "q": q or "",
+        "values": values or {"roles": [], "locale": "en"},
+        "errors": errors or {},
+        "form_error": form_error,
+        "notice": notice,
+        "can_write": principal.can("users:write"),
+        "role_options": [(r, translate(request, ROLE_LABELS[r])) for r in _grantable_roles(principal)],
+        "role_labels": ROLE_LABELS,
+        "timezone": ent.timezone if ent else "UTC",
+    }, status_code=status_code)
+
+
+@router.get("/users", response_class=HTMLResponse)
+def users_page(request: Request, db: DbSession, principal: PagePrincipal, q: str | None = None,
+               cursor: str | None = None, done: str | None = None) -> Response:
+    principal.require("users:read")
+    notices = {"created": translate(request, "The user was created."),
+               "deactivated": translate(request, "The user was deactivated; their sessions end now."),
+               "activated": translate(request, "The user was reactivated.")}
+    return _users_page(request, db, principal, q=q, cursor=cursor, notice=notices.get(done or ""))
+
+
+@router.post("/users", response_class=HTMLResponse)
+async def users_create(request: Request, db: DbSession, principal: PagePrincipal) -> Response:
+    principal.require("users:write")
+    form = await request.form()
+    values: dict[str, Any] = {
+        "email": str(form.get("email", "")).strip(),
+        "full_name": str(form.get("full_name", "")).strip(),
+        "password": str(form.get("password", "")),
+        "roles": [str(r) for r in form.getlist("roles")],
+        "locale": LOCALES.get(normalize_locale(str(form.get("locale", "en"))) or "en", "en"),
+    }
+    shown = {k: v for k, v in values.items() if k != "password"}
+    try:
+        data = UserCreate.model_validate(values)
+    except ValidationError as e:
+        return _users_page(request, db, principal, values=shown, errors=_field_errors(request, e), status_code=422)
+    try:
+        tenancy.create_user(db, actor=principal, data=data, ip=_ip(request))
+    except Conflict:
+        return _users_page(request, db, principal, values=shown, status_code=409, errors={
+            "email": translate(request, "A user with this e-mail address already exists.")})
+    except Forbidden as e:
+        return _users_page(request, db, principal, values=shown, status_code=403, errors={
+            "roles": translate(request, "You cannot grant roles you do not have yourself.")}, form_error=e.detail)
+    return RedirectResponse("/users?done=created", status_code=303)
+
+
+def _set_active(request: Request, db: Session, principal: Principal, user_id: int, active: bool) -> Response:
+    if not 1 <= user_id <= 2_147_483_647:
+        raise NotFound("user", user_id)
+    try:
+        tenancy.update_user(db, actor=principal, user_id=user_id, data=UserUpdate(is_active=active), ip=_ip(request))
+    except Conflict:
+        return _users_page(request, db, principal, status_code=409,
+                           form_error=translate(request, "You cannot deactivate your own account."))
+    return RedirectResponse(f"/users?done={'activated' if active else 'deactivated'}", status_code=303)
+
+
+@router.post("/users/{user_id}/deactivate")
+def users_deactivate(request: Request, db: DbSession, principal: PagePrincipal, user_id: int) -> Response:
+    return _set_active(request, db, principal, user_id, False)
+
+
+@router.post("/users/{user_id}/activate")
+def users_activate(request: Request, db: DbSession, principal: PagePrincipal, user_id: int) -> Response:
+    return _set_active(request, db, principal, user_id, True)
+
+
+# ---------------------------------------------------------------- audit log
+
+def _day_start(day: date | None, tz: ZoneInfo) -> datetime | None:
+    return datetime.combine(day, time.min, tzinfo=tz) if day else None
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, db: DbSession, principal: PagePrincipal,
+               entity_type: str | None = None, action: str | None = None, actor: str | None = None,
+               entity_id: str | None = None, since: date | None = None, until: date | None = None,
+               cursor: str | None = None) -> Response:
+    principal.require("audit:read")
+    ent = db.get(Enterprise, principal.enterprise_id)
+    tz_name = ent.timezone if ent else "UTC"
+    tz = _zone(tz_name)
+    filters = {"entity_type": (entity_type or "").strip() or None, "action": (action or "").strip() or None,
+               "actor_label": (actor or "").strip() or None, "entity_id": (entity_id or "").strip() or None}
+    # Days are the reader's: 'until 2026-11-27' means through the end of that day in the enterprise's zone.
+    until_dt = _day_start(until, tz)
+    try:
+        events, next_cursor = tenancy.list_audit_events(
+            db, actor=principal, page=PageParams(limit=PAGE_LIMIT, cursor=cursor or None),
+            since=_day_start(since, tz), until=until_dt + timedelta(days=1) if until_dt else None,
+            enterprise_id=None if principal.is_platform_admin else principal.enterprise_id, **filters)
+    except ProblemError as e:
+        if e.status != 422:
+            raise
+        events, next_cursor = [], None
+    rows = [{"event": ev, "diff": audit_diff(ev.before, ev.after)} for ev in events]
+    params = {"entity_type": entity_type or "", "action": action or "", "actor": actor or "",
+              "entity_id": entity_id or "", "since": since.isoformat() if since else "",
+              "until": until.isoformat() if until else ""}
+    return render(request, "audit.html", {"rows": rows, "next_cursor": next_cursor, "params": params,
+                                          "timezone": tz_name, "action_labels": ACTION_LABELS,
+                                          "entity_types": ["ecosystem", "enterprise", "ecosystem_membership", "site",
+                                                           "area", "line", "workstation", "equipment", "user",
+                                                           "api_key"]})
