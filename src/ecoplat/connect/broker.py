@@ -19,6 +19,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.mqtt.constants import QOS_0, QOS_1
@@ -26,6 +27,8 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import Session
+
+from ecoplat.connect.mqtt5 import Mqtt5State, TranslatingReader, TranslatingWriter
 
 if TYPE_CHECKING:
     from ecoplat.connect.mqtt import MqttDeviceApi
@@ -114,6 +117,13 @@ class EmbeddedBroker(Broker):
         }
         super().__init__(config)
         self.device_api = device_api
+
+    async def stream_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                               listener_name: str) -> None:
+        # ThingsBoard's SDK and gateway speak MQTT 5 only; amqtt speaks 3.1.1 (see mqtt5.py).
+        state = Mqtt5State()
+        await self._client_connected(listener_name, TranslatingReader(StreamReaderAdapter(reader), state),
+                                     TranslatingWriter(StreamWriterAdapter(writer), state))
 
     async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str,
                                          remote_port: int) -> tuple[BrokerProtocolHandler, Session]:
