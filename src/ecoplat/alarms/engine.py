@@ -75,6 +75,7 @@ class DeviceInfo:
     enterprise_id: int
     profile_id: int | None
     name: str
+    site_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,9 @@ class ConditionChange:
     limit: float | None
     priority: int
     message: str
+    key: str = ""
+    kind: str = ""
+    site_id: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,7 +668,8 @@ class RuleEngine:
         return ConditionChange(rule_id=rule.spec.id, device_id=b.device.id,
                                enterprise_id=b.device.enterprise_id, active=active, at=at,
                                value=value, limit=rule.limit, priority=int(rule.spec.priority),
-                               message=message)
+                               message=message, key=rule.spec.key or ",".join(rule.keys),
+                               kind=rule.kind.value, site_id=b.device.site_id)
 
     def tick(self, now_ms: int) -> list[ConditionChange]:
         """Time passing without points: stale data, and on/off delays whose time ran out while the

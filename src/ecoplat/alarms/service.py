@@ -1,0 +1,612 @@
+"""Alarm rules, alarms and their life cycle, notification channels, KPIs.
+
+Keyword-only functions taking the session and the acting principal; every read and write is
+scoped by tenant here (another enterprise's id answers 404). They flush, never commit. Alarm
+events for the bus are collected on the session and published only after it commits
+(``publish_after_commit``), so no page ever shows a change that was rolled back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session
+
+from ecoplat.alarms import kpis as kpi_math
+from ecoplat.alarms import state as sm
+from ecoplat.alarms.engine import ConditionChange, RuleError, RuleSpec, compile_rule
+from ecoplat.alarms.models import (
+    Alarm,
+    AlarmComment,
+    AlarmRule,
+    AlarmTransition,
+    InAppNotification,
+    NotificationChannel,
+    OutboxMessage,
+)
+from ecoplat.alarms.schemas import (
+    SECRET_CONFIG_KEYS,
+    AlarmOut,
+    AlarmRuleIn,
+    AlarmRulePatch,
+    ChannelIn,
+    ChannelPatch,
+    ShelveIn,
+)
+from ecoplat.db import utcnow
+from ecoplat.errors import Conflict, NotFound, Unprocessable
+from ecoplat.pagination import PageParams, paginate
+from ecoplat.tenancy import audit
+from ecoplat.tenancy.auth import Principal
+
+PENDING_EVENTS = "ecoplat.alarm_events"
+RULE_EVENTS = "ecoplat.alarm_rule_events"
+
+
+# ---------------------------------------------------------------------------------------------
+# time helpers
+
+
+def to_ms(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# events after commit
+
+
+def publish_after_commit(db: Session, publish: Callable[[str, dict[str, Any]], None]) -> None:
+    """Publishes the alarm and rule events this session collected once it commits."""
+
+    def _after_commit(session: Session) -> None:
+        for topic, data in session.info.pop(PENDING_EVENTS, []):
+            publish(topic, data)
+
+    def _after_rollback(session: Session) -> None:
+        session.info.pop(PENDING_EVENTS, None)
+
+    if not db.info.get("ecoplat.alarm_hook"):
+        db.info["ecoplat.alarm_hook"] = True
+        event.listen(db, "after_commit", _after_commit)
+        event.listen(db, "after_soft_rollback", _after_rollback)
+
+
+def _queue_event(db: Session, topic: str, data: dict[str, Any]) -> None:
+    db.info.setdefault(PENDING_EVENTS, []).append((topic, data))
+
+
+def alarm_event(alarm: Alarm, transition: str) -> dict[str, Any]:
+    data = AlarmOut.model_validate(alarm).model_dump(mode="json")
+    data["transition"] = transition
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# rules
+
+
+def _spec(rule: AlarmRule) -> RuleSpec:
+    return RuleSpec(id=rule.id or 0, enterprise_id=rule.enterprise_id, kind=rule.kind, key=rule.key,
+                    params=dict(rule.params or {}), priority=rule.priority, deadband=rule.deadband,
+                    on_delay_s=rule.on_delay_s, off_delay_s=rule.off_delay_s,
+                    message_template=rule.message_template, device_id=rule.device_id,
+                    profile_id=rule.profile_id, name=rule.name, enabled=rule.enabled)
+
+
+def rule_spec(rule: AlarmRule) -> RuleSpec:
+    return _spec(rule)
+
+
+def _validate(rule: AlarmRule) -> None:
+    try:
+        compile_rule(_spec(rule))
+    except RuleError as e:
+        raise Unprocessable(f"{e.field}: {e}", errors=[{"field": e.field, "message": str(e),
+                                                          "type": "rule_error"}]) from e
+
+
+def _check_target(db: Session, actor: Principal, enterprise_id: int, device_id: int | None,
+                  profile_id: int | None) -> None:
+    from ecoplat.connect.models import DeviceProfile
+    from ecoplat.connect.service import get_device
+
+    if device_id is not None:
+        device = get_device(db, actor=actor, device_id=device_id)
+        if device.enterprise_id != enterprise_id:
+            raise NotFound("device", device_id)
+    if profile_id is not None:
+        profile = db.get(DeviceProfile, profile_id)
+        if profile is None or profile.enterprise_id != enterprise_id:
+            raise NotFound("device profile", profile_id)
+
+
+def _rule_changed(db: Session, rule: AlarmRule) -> None:
+    _queue_event(db, f"alarm_rule.{rule.enterprise_id}", {"rule_id": rule.id})
+
+
+def create_rule(db: Session, *, actor: Principal, data: AlarmRuleIn, ip: str = "") -> AlarmRule:
+    actor.require("alarms:configure")
+    enterprise_id = actor.enterprise_id
+    _check_target(db, actor, enterprise_id, data.device_id, data.profile_id)
+    rule = AlarmRule(enterprise_id=enterprise_id, **data.model_dump())
+    rule.kind = data.kind.value
+    _validate(rule)
+    db.add(rule)
+    db.flush()
+    audit.record(db, actor=actor, action="create", entity_type="alarm_rule", entity_id=rule.id,
+                 after=rule, enterprise_id=enterprise_id, ip=ip)
+    _rule_changed(db, rule)
+    return rule
+
+
+def get_rule(db: Session, *, actor: Principal, rule_id: int) -> AlarmRule:
+    rule = db.get(AlarmRule, rule_id)
+    if rule is None or not actor.sees_enterprise(rule.enterprise_id):
+        raise NotFound("alarm rule", rule_id)
+    return rule
+
+
+def list_rules(db: Session, *, actor: Principal, page: PageParams, device_id: int | None = None,
+               profile_id: int | None = None, kind: str | None = None) -> tuple[list[AlarmRule], str | None]:
+    stmt = select(AlarmRule)
+    if not actor.is_platform_admin:
+        stmt = stmt.where(AlarmRule.enterprise_id == actor.enterprise_id)
+    if device_id is not None:
+        stmt = stmt.where(AlarmRule.device_id == device_id)
+    if profile_id is not None:
+        stmt = stmt.where(AlarmRule.profile_id == profile_id)
+    if kind is not None:
+        stmt = stmt.where(AlarmRule.kind == kind)
+    return paginate(db, stmt, page, key=(AlarmRule.id,))
+
+
+def update_rule(db: Session, *, actor: Principal, rule_id: int, data: AlarmRulePatch, ip: str = "") -> AlarmRule:
+    actor.require("alarms:configure")
+    rule = get_rule(db, actor=actor, rule_id=rule_id)
+    before = audit.snapshot(rule)
+    for k, v in data.model_dump(exclude_unset=True).items():
+        if v is None and k not in ("params",):
+            continue
+        setattr(rule, k, v if v is not None else {})
+    _validate(rule)
+    db.flush()
+    audit.record(db, actor=actor, action="update", entity_type="alarm_rule", entity_id=rule.id,
+                 before=before, after=rule, enterprise_id=rule.enterprise_id, ip=ip)
+    _rule_changed(db, rule)
+    return rule
+
+
+def delete_rule(db: Session, *, actor: Principal, rule_id: int, ip: str = "") -> None:
+    actor.require("alarms:configure")
+    rule = get_rule(db, actor=actor, rule_id=rule_id)
+    before = audit.snapshot(rule)
+    ent = rule.enterprise_id
+    db.delete(rule)
+    db.flush()
+    audit.record(db, actor=actor, action="delete", entity_type="alarm_rule", entity_id=rule_id,
+                 before=before, enterprise_id=ent, ip=ip)
+    _queue_event(db, f"alarm_rule.{ent}", {"rule_id": rule_id, "deleted": True})
+
+
+def load_enabled_rules(db: Session) -> list[RuleSpec]:
+    """Every enabled rule of every enterprise (the runtime's start-up load)."""
+    return [_spec(r) for r in db.scalars(select(AlarmRule).where(AlarmRule.enabled.is_(True)))]
+
+
+# ---------------------------------------------------------------------------------------------
+# alarms: reading
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmFilter:
+    site_id: int | None = None
+    device_id: int | None = None
+    priorities: tuple[int, ...] = ()
+    states: tuple[str, ...] = ()
+    start: datetime | None = None
+    end: datetime | None = None
+    open_only: bool = False
+
+
+def _scoped_alarms(actor: Principal) -> Any:
+    stmt = select(Alarm)
+    if not actor.is_platform_admin:
+        stmt = stmt.where(Alarm.enterprise_id == actor.enterprise_id)
+    return stmt
+
+
+def list_alarms(db: Session, *, actor: Principal, page: PageParams,
+                filters: AlarmFilter = AlarmFilter()) -> tuple[list[Alarm], str | None]:
+    """Newest first (keyset on id descending)."""
+    actor.require("alarms:read")
+    stmt = _scoped_alarms(actor)
+    if filters.site_id is not None:
+        stmt = stmt.where(Alarm.site_id == filters.site_id)
+    if filters.device_id is not None:
+        stmt = stmt.where(Alarm.device_id == filters.device_id)
+    if filters.priorities:
+        stmt = stmt.where(Alarm.priority.in_(filters.priorities))
+    if filters.states:
+        stmt = stmt.where(Alarm.state.in_(filters.states))
+    if filters.start is not None:
+        stmt = stmt.where(Alarm.last_triggered_at >= filters.start)
+    if filters.end is not None:
+        stmt = stmt.where(Alarm.first_triggered_at < filters.end)
+    if filters.open_only:
+        stmt = stmt.where(Alarm.closed_at.is_(None))
+    return paginate(db, stmt, page, key=(Alarm.id,), descending=True)
+
+
+def get_alarm(db: Session, *, actor: Principal, alarm_id: int, for_update: bool = False) -> Alarm:
+    actor.require("alarms:read")
+    stmt = select(Alarm).where(Alarm.id == alarm_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    alarm = db.scalar(stmt)
+    if alarm is None or not actor.sees_enterprise(alarm.enterprise_id):
+        raise NotFound("alarm", alarm_id)
+    return alarm
+
+
+def list_transitions(db: Session, *, actor: Principal, alarm_id: int) -> list[AlarmTransition]:
+    alarm = get_alarm(db, actor=actor, alarm_id=alarm_id)
+    return list(db.scalars(select(AlarmTransition).where(AlarmTransition.alarm_id == alarm.id)
+                           .order_by(AlarmTransition.id)))
+
+
+def list_comments(db: Session, *, actor: Principal, alarm_id: int) -> list[AlarmComment]:
+    alarm = get_alarm(db, actor=actor, alarm_id=alarm_id)
+    return list(db.scalars(select(AlarmComment).where(AlarmComment.alarm_id == alarm.id)
+                           .order_by(AlarmComment.id)))
+
+
+def count_unacknowledged(db: Session, *, actor: Principal) -> int:
+    stmt = select(func.count()).select_from(Alarm).where(
+        Alarm.state.in_([s.value for s in sm.UNACKNOWLEDGED_STATES]))
+    if not actor.is_platform_admin:
+        stmt = stmt.where(Alarm.enterprise_id == actor.enterprise_id)
+    return int(db.scalar(stmt) or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# alarms: the life cycle
+
+
+def status_of(alarm: Alarm) -> sm.AlarmStatus:
+    until = to_ms(alarm.shelved_until) if alarm.shelved_until is not None else None
+    mode = {"shelved": sm.Mode.shelved, "suppressed": sm.Mode.suppressed,
+            "out_of_service": sm.Mode.out_of_service}.get(alarm.state, sm.Mode.in_service)
+    return sm.AlarmStatus(active=alarm.active, acked=alarm.acked, mode=mode, shelved_until=until)
+
+
+def _apply(db: Session, alarm: Alarm, new: sm.AlarmStatus, t: sm.Transition | None,
+           value: Any = None, channels: Sequence[NotificationChannel] | None = None) -> None:
+    alarm.active = new.active
+    alarm.acked = new.acked
+    alarm.state = new.state.value
+    alarm.shelved_until = from_ms(new.shelved_until) if new.shelved_until is not None else None
+    if new.mode != sm.Mode.shelved:
+        alarm.shelved_by = None
+    if t is None:
+        return
+    at = from_ms(t.at)
+    if new.state == sm.AlarmState.normal:
+        alarm.closed_at = at
+    db.add(AlarmTransition(alarm_id=alarm.id, enterprise_id=alarm.enterprise_id, action=t.action,
+                           from_state=t.from_state.value, to_state=t.to_state.value, at=at,
+                           user_id=t.by, note=t.note[:1000], value=_json_value(value)))
+    data = alarm_event(alarm, t.action)
+    _queue_event(db, f"alarm.{alarm.enterprise_id}", data)
+    if channels is None:
+        channels = enabled_channels(db, [alarm.enterprise_id]).get(alarm.enterprise_id, [])
+    for ch in channels:
+        if t.action in (ch.actions or []) and alarm.priority <= ch.max_priority:
+            db.add(OutboxMessage(enterprise_id=alarm.enterprise_id, channel_id=ch.id, alarm_id=alarm.id,
+                                 event=data, next_attempt_at=utcnow()))
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    return str(value)
+
+
+def enabled_channels(db: Session, enterprise_ids: Iterable[int]) -> dict[int, list[NotificationChannel]]:
+    out: dict[int, list[NotificationChannel]] = {}
+    ids = list(set(enterprise_ids))
+    if not ids:
+        return out
+    for ch in db.scalars(select(NotificationChannel).where(NotificationChannel.enterprise_id.in_(ids),
+                                                           NotificationChannel.enabled.is_(True))):
+        out.setdefault(ch.enterprise_id, []).append(ch)
+    return out
+
+
+def _act(db: Session, actor: Principal, alarm_id: int, permission: str,
+         step: Callable[[sm.AlarmStatus, int], sm.Result], note: str, ip: str) -> Alarm:
+    actor.require(permission)
+    alarm = get_alarm(db, actor=actor, alarm_id=alarm_id, for_update=True)
+    before = {"state": alarm.state}
+    try:
+        new, t = step(status_of(alarm), to_ms(utcnow()))
+    except sm.InvalidTransition as e:
+        raise Conflict(str(e)) from e
+    _apply(db, alarm, new, t)
+    if t is not None and t.action == "acknowledge":
+        alarm.acked_by, alarm.acked_at = actor.user_id, from_ms(t.at)
+    db.flush()
+    audit.record(db, actor=actor, action=t.action if t else "noop", entity_type="alarm",
+                 entity_id=alarm.id, before=before, after={"state": alarm.state, "note": note},
+                 enterprise_id=alarm.enterprise_id, ip=ip)
+    return alarm
+
+
+def acknowledge(db: Session, *, actor: Principal, alarm_id: int, note: str = "", ip: str = "") -> Alarm:
+    return _act(db, actor, alarm_id, "alarms:ack",
+                lambda s, now: sm.acknowledge(s, now, actor.user_id, note), note, ip)
+
+
+def shelve(db: Session, *, actor: Principal, alarm_id: int, data: ShelveIn, ip: str = "") -> Alarm:
+    now = utcnow()
+    until = data.until if data.until is not None else now + timedelta(minutes=data.minutes or 0)
+    if until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
+    if until <= now:
+        raise Unprocessable("until: the shelving expiry must be in the future.",
+                            errors=[{"field": "until", "message": "must be in the future", "type": "value_error"}])
+    if until - now > timedelta(days=30):
+        raise Unprocessable("until: alarms can be shelved for at most 30 days.",
+                            errors=[{"field": "until", "message": "at most 30 days", "type": "value_error"}])
+    alarm = _act(db, actor, alarm_id, "alarms:shelve",
+                 lambda s, t: sm.shelve(s, to_ms(until), t, actor.user_id, data.reason), data.reason, ip)
+    alarm.shelved_by, alarm.shelve_reason = actor.user_id, data.reason
+    db.flush()
+    return alarm
+
+
+def unshelve(db: Session, *, actor: Principal, alarm_id: int, note: str = "", ip: str = "") -> Alarm:
+    alarm = _act(db, actor, alarm_id, "alarms:shelve",
+                 lambda s, now: sm.unshelve(s, now, actor.user_id, note), note, ip)
+    alarm.shelve_reason = ""
+    return alarm
+
+
+def suppress(db: Session, *, actor: Principal, alarm_id: int, note: str = "", ip: str = "") -> Alarm:
+    return _act(db, actor, alarm_id, "alarms:shelve",
+                lambda s, now: sm.suppress(s, now, actor.user_id, note), note, ip)
+
+
+def unsuppress(db: Session, *, actor: Principal, alarm_id: int, note: str = "", ip: str = "") -> Alarm:
+    return _act(db, actor, alarm_id, "alarms:shelve",
+                lambda s, now: sm.unsuppress(s, now, actor.user_id, note), note, ip)
+
+
+def remove_from_service(db: Session, *, actor: Principal, alarm_id: int, note: str = "", ip: str = "") -> Alarm:
+    return _act(db, actor, alarm_id, "alarms:shelve",
+                lambda s, now: sm.remove_from_service(s, now, actor.user_id, note), note, ip)
+
+
+def return_to_service(db: Session, *, actor: Principal, alarm_id: int, note: str = "", ip: str = "") -> Alarm:
+    return _act(db, actor, alarm_id, "alarms:shelve",
+                lambda s, now: sm.return_to_service(s, now, actor.user_id, note), note, ip)
+
+
+def add_comment(db: Session, *, actor: Principal, alarm_id: int, text: str, ip: str = "") -> AlarmComment:
+    actor.require("alarms:ack")
+    alarm = get_alarm(db, actor=actor, alarm_id=alarm_id)
+    comment = AlarmComment(alarm_id=alarm.id, enterprise_id=alarm.enterprise_id, user_id=actor.user_id,
+                           text=text, at=utcnow())
+    db.add(comment)
+    db.flush()
+    audit.record(db, actor=actor, action="comment", entity_type="alarm", entity_id=alarm.id,
+                 after={"comment_id": comment.id, "text": text[:500]}, enterprise_id=alarm.enterprise_id, ip=ip)
+    return comment
+
+
+# ---------------------------------------------------------------------------------------------
+# the platform's side: condition changes from the engine, shelve expiry
+
+
+def apply_condition_changes(db: Session, changes: Sequence[ConditionChange]) -> list[Alarm]:
+    """Writes the alarms and transitions of a batch of condition changes (one transaction, the
+    caller commits). A re-trigger of an open alarm updates it instead of opening a second one."""
+    touched: list[Alarm] = []
+    channels = enabled_channels(db, (c.enterprise_id for c in changes))
+    open_alarms: dict[tuple[int, int], Alarm] = {}
+    pairs = {(c.rule_id, c.device_id) for c in changes}
+    rule_ids = {r for r, _ in pairs}
+    existing_rules = set(db.scalars(select(AlarmRule.id).where(AlarmRule.id.in_(rule_ids))))
+    stmt = select(Alarm).where(Alarm.rule_id.in_(rule_ids), Alarm.closed_at.is_(None))
+    for alarm in db.scalars(stmt.with_for_update()):
+        if (alarm.rule_id, alarm.device_id) in pairs:
+            open_alarms[(alarm.rule_id or 0, alarm.device_id)] = alarm
+    for c in changes:
+        if c.rule_id not in existing_rules:
+            continue  # the rule was deleted while its points were in flight
+        key = (c.rule_id, c.device_id)
+        alarm = open_alarms.get(key)
+        at = from_ms(c.at)
+        if alarm is None:
+            if not c.active:
+                continue  # a clear with nothing open (e.g. after the alarm was closed by hand)
+            alarm = Alarm(enterprise_id=c.enterprise_id, rule_id=c.rule_id, device_id=c.device_id,
+                          site_id=c.site_id, key=c.key[:200], kind=c.kind, state=sm.AlarmState.normal.value,
+                          active=False, acked=True, priority=c.priority, message=c.message[:1000],
+                          value=_json_value(c.value), limit=c.limit, count=0, first_triggered_at=at,
+                          last_triggered_at=at)
+            db.add(alarm)
+            db.flush()
+            open_alarms[key] = alarm
+        new, t = sm.condition(status_of(alarm), c.active, c.at)
+        if c.active:
+            alarm.count = (alarm.count or 0) + 1
+            alarm.last_triggered_at = at
+            alarm.value = _json_value(c.value)
+            alarm.message = c.message[:1000]
+            alarm.priority = c.priority
+        else:
+            alarm.cleared_at = at
+        _apply(db, alarm, new, t, value=c.value, channels=channels.get(c.enterprise_id, []))
+        if alarm.closed_at is not None:
+            open_alarms.pop(key, None)
+        touched.append(alarm)
+    db.flush()
+    return touched
+
+
+def expire_shelving(db: Session, *, now: datetime | None = None) -> int:
+    """Returns shelved alarms whose expiry has passed to the state their condition has now."""
+    now = now or utcnow()
+    due = list(db.scalars(select(Alarm).where(Alarm.state == sm.AlarmState.shelved.value,
+                                              Alarm.shelved_until <= now).with_for_update()))
+    for alarm in due:
+        new, t = sm.expire_shelve(status_of(alarm), to_ms(now))
+        _apply(db, alarm, new, t)
+        alarm.shelve_reason = ""
+    db.flush()
+    return len(due)
+
+
+def open_active_alarms(db: Session) -> list[tuple[int, int]]:
+    """(rule_id, device_id) of every open alarm whose condition is active, for a restart."""
+    rows = db.execute(select(Alarm.rule_id, Alarm.device_id).where(Alarm.closed_at.is_(None),
+                                                                  Alarm.active.is_(True)))
+    return [(r, d) for r, d in rows if r is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# notification channels
+
+
+def _channel_config_for_audit(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: ("***" if k in SECRET_CONFIG_KEYS else v) for k, v in config.items()}
+
+
+def create_channel(db: Session, *, actor: Principal, data: ChannelIn, ip: str = "") -> NotificationChannel:
+    actor.require("alarms:configure")
+    ch = NotificationChannel(enterprise_id=actor.enterprise_id, name=data.name, kind=data.kind,
+                             config=data.config, max_priority=data.max_priority, actions=list(data.actions),
+                             enabled=data.enabled)
+    db.add(ch)
+    db.flush()
+    audit.record(db, actor=actor, action="create", entity_type="notification_channel", entity_id=ch.id,
+                 after={"name": ch.name, "kind": ch.kind, "config": _channel_config_for_audit(ch.config)},
+                 enterprise_id=ch.enterprise_id, ip=ip)
+    return ch
+
+
+def get_channel(db: Session, *, actor: Principal, channel_id: int) -> NotificationChannel:
+    actor.require("alarms:read")
+    ch = db.get(NotificationChannel, channel_id)
+    if ch is None or not actor.sees_enterprise(ch.enterprise_id):
+        raise NotFound("notification channel", channel_id)
+    return ch
+
+
+def list_channels(db: Session, *, actor: Principal, page: PageParams) -> tuple[list[NotificationChannel], str | None]:
+    actor.require("alarms:read")
+    stmt = select(NotificationChannel)
+    if not actor.is_platform_admin:
+        stmt = stmt.where(NotificationChannel.enterprise_id == actor.enterprise_id)
+    return paginate(db, stmt, page, key=(NotificationChannel.id,))
+
+
+def update_channel(db: Session, *, actor: Principal, channel_id: int, data: ChannelPatch,
+                   ip: str = "") -> NotificationChannel:
+    actor.require("alarms:configure")
+    ch = get_channel(db, actor=actor, channel_id=channel_id)
+    before = {"name": ch.name, "config": _channel_config_for_audit(ch.config), "enabled": ch.enabled}
+    patch = data.model_dump(exclude_unset=True)
+    if "config" in patch and patch["config"] is not None:
+        # Secrets left as '***' (as the API shows them) keep their stored value.
+        merged = dict(ch.config or {})
+        merged.update({k: v for k, v in patch["config"].items() if v != "***"})
+        patch["config"] = merged
+    candidate = ChannelIn(name=patch.get("name") or ch.name, kind=ch.kind,  # type: ignore[arg-type]
+                          config=patch.get("config") or ch.config,
+                          max_priority=patch.get("max_priority") or ch.max_priority,
+                          actions=patch.get("actions") or ch.actions, enabled=ch.enabled
+                          if patch.get("enabled") is None else patch["enabled"])
+    ch.name, ch.config, ch.max_priority = candidate.name, candidate.config, candidate.max_priority
+    ch.actions, ch.enabled = list(candidate.actions), candidate.enabled
+    db.flush()
+    audit.record(db, actor=actor, action="update", entity_type="notification_channel", entity_id=ch.id,
+                 before=before, after={"name": ch.name, "config": _channel_config_for_audit(ch.config),
+                                       "enabled": ch.enabled}, enterprise_id=ch.enterprise_id, ip=ip)
+    return ch
+
+
+def delete_channel(db: Session, *, actor: Principal, channel_id: int, ip: str = "") -> None:
+    actor.require("alarms:configure")
+    ch = get_channel(db, actor=actor, channel_id=channel_id)
+    ent, name = ch.enterprise_id, ch.name
+    db.delete(ch)
+    db.flush()
+    audit.record(db, actor=actor, action="delete", entity_type="notification_channel", entity_id=channel_id,
+                 before={"name": name}, enterprise_id=ent, ip=ip)
+
+
+def list_outbox(db: Session, *, actor: Principal, channel_id: int) -> list[OutboxMessage]:
+    ch = get_channel(db, actor=actor, channel_id=channel_id)
+    return list(db.scalars(select(OutboxMessage).where(OutboxMessage.channel_id == ch.id)
+                           .order_by(OutboxMessage.id.desc()).limit(200)))
+
+
+def list_in_app(db: Session, *, actor: Principal, limit: int = 50) -> list[InAppNotification]:
+    actor.require("alarms:read")
+    stmt = select(InAppNotification)
+    if not actor.is_platform_admin:
+        stmt = stmt.where(InAppNotification.enterprise_id == actor.enterprise_id)
+    return list(db.scalars(stmt.order_by(InAppNotification.id.desc()).limit(limit)))
+
+
+# ---------------------------------------------------------------------------------------------
+# KPIs
+
+
+def kpis(db: Session, *, actor: Principal, start: datetime, end: datetime) -> dict[str, Any]:
+    """ISA-18.2 metrics for the actor's enterprise over [start, end)."""
+    actor.require("alarms:read")
+    if end <= start:
+        raise Unprocessable("end: must be after start.",
+                            errors=[{"field": "end", "message": "must be after start", "type": "value_error"}])
+    if end - start > timedelta(days=92):
+        raise Unprocessable("end: the KPI window is limited to 92 days.",
+                            errors=[{"field": "end", "message": "at most 92 days", "type": "value_error"}])
+    from ecoplat.tenancy.models import User
+
+    ent = actor.enterprise_id
+    rows = db.execute(
+        select(AlarmTransition.at, Alarm.rule_id, Alarm.device_id, Alarm.priority, Alarm.message)
+        .join(Alarm, Alarm.id == AlarmTransition.alarm_id)
+        .where(AlarmTransition.enterprise_id == ent, AlarmTransition.action == "alarm",
+               AlarmTransition.at >= start, AlarmTransition.at < end))
+    events = [kpi_math.Annunciation(at=to_ms(at), alarm_key=(rule_id, device_id), priority=prio,
+                                    label=message[:120]) for at, rule_id, device_id, prio, message in rows]
+    open_rows = db.scalars(select(Alarm).where(Alarm.enterprise_id == ent, Alarm.closed_at.is_(None),
+                                               Alarm.first_triggered_at < end))
+    open_alarms = [kpi_math.OpenAlarm(alarm_id=a.id, first_triggered_at=to_ms(a.first_triggered_at),
+                                      active=a.active, label=a.message[:120], priority=a.priority)
+                   for a in open_rows]
+    operators = sum(1 for roles in db.scalars(select(User.roles).where(User.enterprise_id == ent,
+                                                                       User.is_active.is_(True)))
+                    if "operator" in (roles or []))
+    result = kpi_math.compute(events, open_alarms, start=to_ms(start), end=to_ms(end), operators=operators or 1)
+    result["start"], result["end"] = start, end
+    for item in result["rate_series"]:  # type: ignore[attr-defined]
+        item["start"] = from_ms(item["start"]).isoformat()
+    for flood in result["floods"]:  # type: ignore[attr-defined]
+        flood["start"] = from_ms(flood["start"]).isoformat()
+        flood["end"] = from_ms(flood["end"]).isoformat()
+    return result
