@@ -43,7 +43,11 @@ class Settings(BaseSettings):
         default=None,
         description="mqtt://host:port of an external broker to subscribe to (bridge mode); unset = embedded amqtt broker.",
     )
-    mqtt_bridge_topics: str = "v1/devices/+/telemetry,v1/devices/+/attributes,v1/gateway/telemetry,v1/gateway/attributes,v1/gateway/connect"
+    # Bridge mode takes identity from the topic: v1/devices/<access token>/… and
+    # v1/gateway/<gateway access token>/… (see connect/bridge.py).
+    mqtt_bridge_topics: str = ("v1/devices/+/telemetry,v1/devices/+/attributes,v1/devices/+/attributes/request/+,"
+                               "v1/devices/+/rpc/request/+,v1/gateway/+/telemetry,v1/gateway/+/attributes,"
+                               "v1/gateway/+/connect,v1/gateway/+/disconnect")
     mqtt_bridge_share_group: str = "ecoplat"
     ingest_batch_max_points: int = 5000
     ingest_batch_max_ms: int = 50
