@@ -33,6 +33,7 @@ class Bucket:
     min: float | None
     max: float | None
     count: int
+    sum: float | None = None  # added for agg=sum; None when count is 0
 
 
 class TelemetryStore(Protocol):

@@ -1,0 +1,225 @@
+"""The embedded telemetry store: the app's own SQLite file (tables from migration 0002), written
+through the raw sqlite3 driver.
+
+One batch is one transaction: executemany into WITHOUT ROWID tables clustered on
+(series_id, ts), then the latest values and the 1 min / 1 h rollups folded in Python and upserted
+(one row per touched series and bucket, not per point). WAL with synchronous=NORMAL makes a
+committed batch survive a crash of the process, so write() returning means durable.
+
+Replays: raw rows go in with INSERT OR IGNORE; when every row was new (the normal case) the batch
+is folded into the rollups incrementally. When some (series, ts) already existed, or repeated
+within the batch, the batch is upserted (the last value wins) and the touched buckets are
+recomputed from raw, so a replayed point is never counted twice."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from ecoplat.telemetry.base import SqlTelemetryStore
+from ecoplat.telemetry.points import Point
+from ecoplat.telemetry.query import HOUR_MS, MINUTE_MS, encode
+
+_INSERT_RAW = "INSERT OR IGNORE INTO telemetry_raw (series_id, ts, v_num, v_str) VALUES (?, ?, ?, ?)"
+_UPSERT_RAW = ("INSERT INTO telemetry_raw (series_id, ts, v_num, v_str) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT (series_id, ts) DO UPDATE SET v_num = excluded.v_num, v_str = excluded.v_str")
+# Only a newer (or equal: the last write wins) timestamp moves the latest value.
+_UPSERT_LATEST = ("INSERT INTO telemetry_latest (series_id, ts, v_num, v_str) VALUES (?, ?, ?, ?) "
+                  "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, v_num = excluded.v_num, "
+                  "v_str = excluded.v_str WHERE excluded.ts >= telemetry_latest.ts")
+
+
+def _fold_sql(table: str) -> str:
+    return (f"INSERT INTO {table} (series_id, bucket_ts, count, sum, min, max) VALUES (?, ?, ?, ?, ?, ?) "
+            f"ON CONFLICT (series_id, bucket_ts) DO UPDATE SET count = count + excluded.count, "
+            f"sum = sum + excluded.sum, min = min(min, excluded.min), max = max(max, excluded.max)")
+
+
+_FOLD_1M = _fold_sql("telemetry_agg_1m")
+_FOLD_1H = _fold_sql("telemetry_agg_1h")
+_RECOMPUTE_1M = ("INSERT INTO telemetry_agg_1m (series_id, bucket_ts, count, sum, min, max) "
+                 "SELECT series_id, ?, count(v_num), sum(v_num), min(v_num), max(v_num) FROM telemetry_raw "
+                 "WHERE series_id = ? AND ts >= ? AND ts < ? AND v_num IS NOT NULL GROUP BY series_id")
+_RECOMPUTE_1H = ("INSERT INTO telemetry_agg_1h (series_id, bucket_ts, count, sum, min, max) "
+                 "SELECT series_id, ?, sum(count), sum(sum), min(min), max(max) FROM telemetry_agg_1m "
+                 "WHERE series_id = ? AND bucket_ts >= ? AND bucket_ts < ? GROUP BY series_id")
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    return conn
+
+
+class SqliteTelemetryStore(SqlTelemetryStore):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self._conn = _connect(path)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # One connection per reading thread: WAL lets readers run beside the writer.
+            conn = _connect(self.path)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        yield conn
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._write_lock:
+            self._conn.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._readers.clear()
+
+    # -- write ------------------------------------------------------------------------------
+    def write(self, points: Sequence[Point], enterprise_of: Mapping[int, int]) -> None:
+        if not points:
+            return
+        with self._write_lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._write_batch(conn, points, enterprise_of)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                # Series ids created in the rolled-back transaction no longer exist.
+                self._series.clear()
+                raise
+
+    def _write_batch(self, conn: sqlite3.Connection, points: Sequence[Point],
+                     enterprise_of: Mapping[int, int]) -> None:
+        rows: list[tuple[int, int, Any, str | None]] = []
+        append = rows.append
+        latest: dict[int, tuple[int, int, Any, str | None]] = {}
+        minute: dict[tuple[int, int], list[Any]] = {}
+        last_dev: int | None = None
+        keys: dict[str, int] = {}
+
+        def load(device_id: int) -> tuple[int | None, dict[str, int]]:
+            found = conn.execute("SELECT key, id, enterprise_id FROM telemetry_series WHERE device_id = ?",
+                                 (device_id,)).fetchall()
+            return (found[0][2] if found else None), {k: sid for k, sid, _ in found}
+
+        def move(device_id: int, enterprise_id: int) -> None:
+            conn.execute("UPDATE telemetry_series SET enterprise_id = ? WHERE device_id = ?",
+                         (enterprise_id, device_id))
+
+        for p in points:
+            if p.device_id != last_dev:
+                last_dev = p.device_id
+                keys = self._resolve_device(last_dev, enterprise_of, load, move)
+            sid = keys.get(p.key)
+            if sid is None:
+                sid = self._create_series(conn, last_dev, p.key)
+                keys[p.key] = sid
+            v = p.value
+            ts = p.ts
+            t = type(v)
+            if t is float or t is int:
+                row = (sid, ts, v, None)
+                k = (sid, ts - ts % MINUTE_MS)
+                a = minute.get(k)
+                if a is None:
+                    minute[k] = [1, v, v, v]
+                else:
+                    a[0] += 1
+                    a[1] += v
+                    if v < a[2]:
+                        a[2] = v
+                    elif v > a[3]:
+                        a[3] = v
+            else:
+                row = (sid, ts, *encode(v))
+            append(row)
+            cur = latest.get(sid)
+            if cur is None or ts >= cur[1]:
+                latest[sid] = row
+
+        before = conn.total_changes
+        conn.executemany(_INSERT_RAW, rows)
+        if conn.total_changes - before == len(rows):
+            hour: dict[tuple[int, int], list[Any]] = {}
+            for (sid, b), a in minute.items():
+                k = (sid, b - b % HOUR_MS)
+                h = hour.get(k)
+                if h is None:
+                    hour[k] = list(a)
+                else:
+                    h[0] += a[0]
+                    h[1] += a[1]
+                    h[2] = min(h[2], a[2])
+                    h[3] = max(h[3], a[3])
+            conn.executemany(_FOLD_1M, [(sid, b, *a) for (sid, b), a in minute.items()])
+            conn.executemany(_FOLD_1H, [(sid, b, *a) for (sid, b), a in hour.items()])
+        else:
+            self._replay(conn, rows)
+        conn.executemany(_UPSERT_LATEST, latest.values())
+
+    def _replay(self, conn: sqlite3.Connection, rows: list[tuple[int, int, Any, str | None]]) -> None:
+        """Some points already existed: apply the batch as upserts and recompute every touched
+        bucket from raw (minutes) and from the minutes (hours)."""
+        conn.executemany(_UPSERT_RAW, rows)
+        minutes = {(sid, ts - ts % MINUTE_MS) for sid, ts, _, _ in rows}
+        hours = {(sid, b - b % HOUR_MS) for sid, b in minutes}
+        conn.executemany("DELETE FROM telemetry_agg_1m WHERE series_id = ? AND bucket_ts = ?", minutes)
+        conn.executemany(_RECOMPUTE_1M, [(b, sid, b, b + MINUTE_MS) for sid, b in minutes])
+        conn.executemany("DELETE FROM telemetry_agg_1h WHERE series_id = ? AND bucket_ts = ?", hours)
+        conn.executemany(_RECOMPUTE_1H, [(b, sid, b, b + HOUR_MS) for sid, b in hours])
+
+    def _create_series(self, conn: sqlite3.Connection, device_id: int, key: str) -> int:
+        enterprise_id = self._series.by_device[device_id][0]
+        conn.execute("INSERT INTO telemetry_series (enterprise_id, device_id, key) VALUES (?, ?, ?) "
+                     "ON CONFLICT (device_id, key) DO NOTHING", (enterprise_id, device_id, key))
+        return conn.execute("SELECT id FROM telemetry_series WHERE device_id = ? AND key = ?",
+                            (device_id, key)).fetchone()[0]
+
+    # -- retention --------------------------------------------------------------------------
+    def apply_retention(self, enterprise_id: int, older_than_ms: int) -> int:
+        """Deletes the enterprise's raw points and minute rollups older than the cutoff, a
+        few series per transaction so ingest is never held up for long. Hour rollups stay for
+        long-range charts."""
+        with self._reader() as conn:
+            sids = [r[0] for r in conn.execute(
+                "SELECT id FROM telemetry_series WHERE enterprise_id = ? ORDER BY id", (enterprise_id,))]
+        deleted = 0
+        for i in range(0, len(sids), 200):
+            chunk = sids[i:i + 200]
+            marks = ", ".join("?" * len(chunk))
+            with self._write_lock:
+                conn = self._conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    deleted += conn.execute(
+                        f"DELETE FROM telemetry_raw WHERE series_id IN ({marks}) AND ts < ?",
+                        (*chunk, older_than_ms)).rowcount
+                    conn.execute(
+                        f"DELETE FROM telemetry_agg_1m WHERE series_id IN ({marks}) AND bucket_ts <= ?",
+                        (*chunk, older_than_ms - MINUTE_MS))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+        return deleted

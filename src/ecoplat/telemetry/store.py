@@ -1,0 +1,30 @@
+"""Opens the telemetry store that fits the database URL: the app's SQLite file by default,
+PostgreSQL (partitioned, COPY) when the platform runs on PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import make_url
+
+from ecoplat.config import Settings
+from ecoplat.telemetry.base import SqlTelemetryStore
+
+
+def open_store(url_or_settings: str | Settings) -> SqlTelemetryStore:
+    """A TelemetryStore for a SQLAlchemy URL (or the settings' database URL). The tables must
+    exist (migration 0002)."""
+    url = (url_or_settings.resolved_database_url if isinstance(url_or_settings, Settings)
+           else url_or_settings)
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        from ecoplat.telemetry.sqlite import SqliteTelemetryStore
+
+        if not parsed.database or parsed.database == ":memory:":
+            raise ValueError("the SQLite telemetry store needs a database file, not :memory:")
+        return SqliteTelemetryStore(parsed.database)
+    if backend == "postgresql":
+        from ecoplat.telemetry.postgres import PostgresTelemetryStore
+
+        conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+        return PostgresTelemetryStore(conninfo)
+    raise ValueError(f"no telemetry store for database URL scheme '{parsed.drivername}'")
