@@ -398,7 +398,7 @@ def list_api_keys(db: DbSession, actor: CurrentPrincipal, page: PageQuery, user_
 @api_keys.post("", response_model=ApiKeyCreated, status_code=201)
 def create_api_key(request: Request, db: DbSession, actor: CurrentPrincipal, body: ApiKeyCreate) -> ApiKeyCreated:
     row, secret = service.create_api_key(db, actor=actor, data=body, ip=client_ip(request))
-    return ApiKeyCreated.model_validate(row).model_copy(update={"secret": secret})
+    return ApiKeyCreated(**ApiKeyOut.model_validate(row).model_dump(), secret=secret)
 
 
 @api_keys.get("/{api_key_id}", response_model=ApiKeyOut)
