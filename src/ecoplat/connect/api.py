@@ -274,3 +274,7 @@ async def device_errors(actor: CanRead, device_id: ObjectId, request: Request,
 router.include_router(profiles)
 router.include_router(devices)
 router.include_router(device_http_router)
+# Gateways (engineer "gateways"): OPC UA / Modbus connector configurations at /api/connectors.
+from ecoplat.connect.gateways.api import router as connectors_router  # noqa: E402
+
+router.include_router(connectors_router)

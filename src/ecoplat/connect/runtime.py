@@ -49,11 +49,20 @@ async def start(app: FastAPI) -> None:
     from ecoplat.connect.mqtt import start_mqtt
 
     await start_mqtt(app)
+    # Gateways (engineer "gateways"): OPC UA / Modbus connectors of every tenant, and the demo
+    # simulator; both feed app.state.ingest.
+    from ecoplat.connect.gateways.runtime import start_connectors, start_demo_simulator
+
+    await start_connectors(app)
+    await start_demo_simulator(app)
 
 
 async def stop(app: FastAPI) -> None:
     # Transports first, so nothing submits into a stopping pipeline.
+    from ecoplat.connect.gateways.runtime import stop_connectors, stop_demo_simulator
     from ecoplat.connect.mqtt import stop_mqtt
 
+    await stop_demo_simulator(app)
+    await stop_connectors(app)
     await stop_mqtt(app)
     await stop_ingest(app)
