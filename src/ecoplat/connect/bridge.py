@@ -41,12 +41,18 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client import Counter
 
 from ecoplat.connect import payloads
 from ecoplat.connect.mqtt import MqttDeviceApi
 from ecoplat.connect.payloads import PayloadError, RejectReason
 
 log = logging.getLogger(__name__)
+
+# Per process: with shared subscriptions the sum over all ingest processes is what the broker
+# delivered, so it shows both the split and that no message was handled twice.
+BRIDGE_MESSAGES = Counter("ecoplat_mqtt_bridge_messages_total",
+                          "Messages this process received from the external broker (bridge mode)")
 
 SESSION_EXPIRY_S = 3600
 # Messages the broker may have in flight to us unacknowledged (MQTT 5 Receive Maximum). Acks wait
@@ -144,6 +150,7 @@ class MqttBridge:
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.messages += 1
+        BRIDGE_MESSAGES.inc()
         topic = msg.topic
         parts = topic.split("/", 3)
         try:
