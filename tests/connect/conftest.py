@@ -1,0 +1,66 @@
+"""Fixtures for the ingest tests: a real migrated database of its own (the writer thread uses real
+connections), the real telemetry store on it, and a running IngestPipeline."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from tests.connect.builders import make_actor
+
+from ecoplat.connect.ingest import IngestPipeline, hash_token
+from ecoplat.connect.models import Device
+from ecoplat.db import Database
+from ecoplat.events import EventBus
+from ecoplat.telemetry.store import open_store
+
+
+@dataclass
+class Seeded:
+    enterprise_id: int
+    user_token: str
+    devices: dict[str, tuple[int, str]]  # name → (id, access token)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.user_token}"}
+
+
+def seed(database: Database, *names: str, gateways: tuple[str, ...] = ()) -> Seeded:
+    """An enterprise, its admin and devices with access tokens, committed."""
+    with database.session() as s:
+        actor = make_actor(s)
+        devices = {}
+        for name in names + gateways:
+            token = secrets.token_urlsafe(15)
+            d = Device(enterprise_id=actor.enterprise_id, name=name, token_hash=hash_token(token),
+                       token_prefix=token[:6], is_gateway=name in gateways)
+            s.add(d)
+            s.flush()
+            devices[name] = (d.id, token)
+    return Seeded(actor.enterprise_id, actor.token, devices)
+
+
+@pytest.fixture
+def real_db(fresh_database_url: str) -> Iterator[Database]:
+    database = Database(fresh_database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def store(fresh_database_url: str):  # type: ignore[no-untyped-def]
+    s = open_store(fresh_database_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def pipeline(real_db: Database, store) -> Iterator[IngestPipeline]:  # type: ignore[no-untyped-def]
+    p = IngestPipeline(database=real_db, store=store, events=EventBus(), batch_max_points=1000,
+                       batch_max_ms=20, queue_max_points=10_000)
+    p.start()
+    yield p
+    p.stop()
