@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.responses import ORJSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ecoplat.connect.ingest import DeviceRef, IngestPipeline, now_ms
@@ -102,15 +101,15 @@ def _keys(raw: str | None) -> list[str] | None:
     return [k.strip() for k in raw.split(",") if k.strip()] or None
 
 
-@router.get("/{token}/attributes")
+@router.get("/{token}/attributes", response_model=dict[str, dict[str, Any]])
 async def get_attributes(
     token: Token, request: Request,
     client_keys: Annotated[str | None, Query(alias="clientKeys", max_length=4000)] = None,
     shared_keys: Annotated[str | None, Query(alias="sharedKeys", max_length=4000)] = None,
-) -> Any:
+) -> dict[str, dict[str, Any]]:
     pipeline = _pipeline(request)
     ref = await _device(pipeline, token)
     answer = await run_in_threadpool(pipeline.read_attributes, ref, client_keys=_keys(client_keys),
                                      shared_keys=_keys(shared_keys))
     pipeline.note_activity(ref.device_id, "attributes_request")
-    return ORJSONResponse(answer)
+    return answer

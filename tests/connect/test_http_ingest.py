@@ -1,0 +1,140 @@
+"""The ThingsBoard HTTP device API end to end: the app's real lifespan (telemetry store, ingest
+pipeline), values read back over REST, every bad input rejected, counted, and ingest still healthy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from tests.connect.builders import SECRET
+from tests.connect.conftest import seed
+
+from ecoplat.app import create_app
+from ecoplat.config import Settings
+from ecoplat.db import Database
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def live(fresh_database_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, Database]]:
+    settings = Settings(data_dir=tmp_path / "var", database_url=fresh_database_url, secret_key=SECRET,
+                        mqtt_enabled=False, log_json=False, ingest_batch_max_ms=5, max_payload_bytes=4096)
+    database = Database(fresh_database_url)
+    app = create_app(settings, database=database)
+    with TestClient(app) as client:
+        yield client, database
+    database.dispose()
+
+
+def test_telemetry_and_attributes_round_trip(live):
+    client, database = live
+    tenant = seed(database, "E-101")
+    device_id, token = tenant.devices["E-101"]
+    for name in ("tb_telemetry_ts_values.json", "tb_telemetry_array.json"):
+        r = client.post(f"/api/v1/{token}/telemetry", content=(FIXTURES / name).read_bytes(),
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 200 and r.content == b""
+    r = client.post(f"/api/v1/{token}/telemetry", json={"ts": 1764201602000, "values": {
+        "running": True, "mode": "auto", "alarms": 3, "ratio": 0.1 + 0.2}})
+    assert r.status_code == 200
+    # durable when answered: readable at once, exactly as sent
+    got = client.get(f"/api/devices/{device_id}/telemetry", headers=tenant.headers,
+                     params={"start": 1764201600000, "end": 1764201603000}).json()
+    assert got["current_ka"] == [{"ts": 1764201600000, "value": 14.2}, {"ts": 1764201601000, "value": 14.3}]
+    assert got["cell_voltage_v"] == [{"ts": 1764201600000, "value": 3.05}]
+    assert got["running"] == [{"ts": 1764201602000, "value": True}]
+    assert got["mode"] == [{"ts": 1764201602000, "value": "auto"}]
+    assert got["alarms"] == [{"ts": 1764201602000, "value": 3}]
+    assert got["ratio"] == [{"ts": 1764201602000, "value": 0.30000000000000004}]
+    latest = client.get(f"/api/devices/{device_id}/telemetry/latest", headers=tenant.headers).json()
+    assert latest["brine_ph"]["value"] == 2.1  # the entry without ts got the server's time
+
+    device = client.get(f"/api/devices/{device_id}", headers=tenant.headers).json()
+    assert device["status"] == "online"
+    assert (device["messages_total"], device["points_total"]) == (3, 9)
+
+    r = client.post(f"/api/v1/{token}/attributes", content=(FIXTURES / "tb_attributes.json").read_bytes())
+    assert r.status_code == 200
+    client.post(f"/api/devices/{device_id}/attributes", params={"scope": "shared"},
+                json={"alarm_ppm": 1.5, "interval_s": 10}, headers=tenant.headers)
+    assert client.get(f"/api/v1/{token}/attributes").json() == {
+        "client": {"firmware": "1.4.2", "serial": "CD-3-0042", "calibrated": True, "config": {"alarm_ppm": [1, 3]}},
+        "shared": {"alarm_ppm": 1.5, "interval_s": 10}}
+    assert client.get(f"/api/v1/{token}/attributes", params={"clientKeys": "firmware", "sharedKeys": "interval_s"}
+                      ).json() == {"client": {"firmware": "1.4.2"}, "shared": {"interval_s": 10}}
+    assert client.get(f"/api/v1/{token}/attributes", params={"sharedKeys": "alarm_ppm"}).json() == {
+        "client": {}, "shared": {"alarm_ppm": 1.5}}
+
+
+BAD = [
+    ("bad_malformed.txt", 400, "malformed_json"),
+    ("bad_invalid_utf8.bin", 400, "malformed_json"),
+    ("bad_infinity_only.json", 400, "non_finite"),
+    ("bad_list_value.json", 400, "wrong_type"),
+    ("bad_negative_ts.json", 400, "bad_ts"),
+    ("bad_future_ts.json", 400, "bad_ts"),
+    ("bad_string_top.json", 400, "not_an_object"),
+    ("bad_empty_object.json", 400, "empty"),
+    ("bad_empty.txt", 400, "empty"),
+]
+
+
+def test_every_bad_input_is_rejected_counted_and_ingest_stays_healthy(live):
+    client, database = live
+    tenant = seed(database, "cl2-detector-1", "other")
+    device_id, token = tenant.devices["cl2-detector-1"]
+    expected: dict[str, int] = {}
+    for name, status, reason in BAD:
+        r = client.post(f"/api/v1/{token}/telemetry", content=(FIXTURES / name).read_bytes())
+        assert r.status_code == status, (name, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["reason"] == reason and r.json()["detail"]
+        expected[reason] = expected.get(reason, 0) + 1
+    too_big = b'{"k": "' + b"x" * 5000 + b'"}'
+    r = client.post(f"/api/v1/{token}/telemetry", content=too_big)
+    assert r.status_code == 413 and r.json()["reason"] == "payload_too_large"
+    expected["payload_too_large"] = 1
+    r = client.post(f"/api/v1/{token}/attributes", content=b"[1, 2]")
+    assert r.status_code == 400 and r.json()["reason"] == "not_an_object"
+    expected["not_an_object"] += 1
+
+    # one bad value among good ones: 200, the good value stored, the bad one counted
+    r = client.post(f"/api/v1/{token}/telemetry", content=(FIXTURES / "bad_nan_token.json").read_bytes())
+    assert r.status_code == 200
+    expected["non_finite"] += 1
+    latest = client.get(f"/api/devices/{device_id}/telemetry/latest", headers=tenant.headers).json()
+    assert latest["pressure_kpa"]["value"] == 101.3 and "temperature" not in latest
+
+    # unknown tokens answer 401 and are counted for "unknown sender", not for any device
+    r = client.post("/api/v1/not-a-real-token/telemetry", json={"a": 1})
+    assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
+
+    # still healthy: a good message goes through
+    assert client.post(f"/api/v1/{token}/telemetry", json={"cl2_ppm": 0.3}).status_code == 200
+    errors = client.get(f"/api/devices/{device_id}/errors", headers=tenant.headers).json()
+    assert {e["reason"]: e["count"] for e in errors["by_reason"]} == expected
+    assert errors["errors_total"] == sum(expected.values())
+    assert errors["recent"][0]["reason"] == "non_finite"
+    other_errors = client.get(f"/api/devices/{tenant.devices['other'][0]}/errors", headers=tenant.headers).json()
+    assert other_errors["by_reason"] == [] and other_errors["errors_total"] == 0
+
+
+def test_rotated_and_revoked_tokens_stop_working_at_once(live):
+    client, database = live
+    tenant = seed(database, "pump-7")
+    device_id, old = tenant.devices["pump-7"]
+    assert client.post(f"/api/v1/{old}/telemetry", json={"flow_m3h": 12.5}).status_code == 200
+    new = client.post(f"/api/devices/{device_id}/token/rotate", headers=tenant.headers).json()["access_token"]
+    r = client.post(f"/api/v1/{old}/telemetry", json={"flow_m3h": 1})
+    assert r.status_code == 401
+    assert client.post(f"/api/v1/{new}/telemetry", json={"flow_m3h": 13.0}).status_code == 200
+    assert client.post(f"/api/devices/{device_id}/token/revoke", headers=tenant.headers).status_code == 200
+    r = client.post(f"/api/v1/{new}/telemetry", json={"flow_m3h": 2})
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    latest = client.get(f"/api/devices/{device_id}/telemetry/latest", headers=tenant.headers).json()
+    assert latest["flow_m3h"]["value"] == 13.0
+    errors = client.get(f"/api/devices/{device_id}/errors", headers=tenant.headers).json()
+    assert {e["reason"]: e["count"] for e in errors["by_reason"]} == {"revoked_token": 1}
