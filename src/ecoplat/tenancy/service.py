@@ -766,8 +766,20 @@ def delete_equipment(db: Session, *, actor: Principal, equipment_id: int, ip: st
 # --- users ------------------------------------------------------------------------------------
 
 
+# Roles a role may hand out on top of its own: an enterprise admin staffs the plant, but only
+# someone who already holds platform_admin or ecosystem_steward can grant those.
+_TENANT_ROLES = frozenset({Role.enterprise_admin.value, Role.engineer.value, Role.safety_officer.value,
+                           Role.operator.value, Role.customer.value})
+GRANTS: dict[str, frozenset[str]] = {Role.enterprise_admin.value: _TENANT_ROLES}
+
+
 def _grantable(actor: Principal) -> set[str]:
-    return {r.value for r in Role} if actor.is_platform_admin else set(actor.roles)
+    if actor.is_platform_admin:
+        return {r.value for r in Role}
+    out = set(actor.roles)
+    for role in actor.roles:
+        out |= GRANTS.get(role, frozenset())
+    return out
 
 
 def _check_grant(actor: Principal, roles: Iterable[str]) -> None:
