@@ -18,13 +18,14 @@ from starlette.concurrency import run_in_threadpool
 
 from ecoplat.api_common import ObjectId, client_ip
 from ecoplat.db import DbSession
-from ecoplat.errors import ProblemError, Unprocessable
+from ecoplat.errors import Unprocessable
 from ecoplat.events import Event
 from ecoplat.telemetry import service
 from ecoplat.telemetry.base import SqlTelemetryStore
 from ecoplat.telemetry.points import Sample
 from ecoplat.telemetry.query import AGGS, DAY_MS, bucket_value, parse_interval, parse_time
 from ecoplat.telemetry.schemas import RetentionIn, RetentionOut, SampleOut
+from ecoplat.telemetry.store import store_for
 from ecoplat.tenancy.auth import CurrentPrincipal
 
 router = APIRouter(tags=["telemetry"])
@@ -34,15 +35,8 @@ MAX_BUCKETS = 100_000
 MIN_INTERVAL_MS = 1_000
 
 
-class StoreUnavailable(ProblemError):
-    status, type_slug = 503, "service-unavailable"
-
-
 def _store(request: Request) -> SqlTelemetryStore:
-    store = getattr(request.app.state, "telemetry", None)
-    if store is None:
-        raise StoreUnavailable("The telemetry store is not running on this server.")
-    return store
+    return store_for(request.app)
 
 
 def _keys(keys: str | None) -> list[str] | None:

@@ -3,6 +3,9 @@ PostgreSQL (partitioned, COPY) when the platform runs on PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from sqlalchemy.engine import make_url
 
 from ecoplat.config import Settings
@@ -28,3 +31,19 @@ def open_store(url_or_settings: str | Settings) -> SqlTelemetryStore:
         conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
         return PostgresTelemetryStore(conninfo)
     raise ValueError(f"no telemetry store for database URL scheme '{parsed.drivername}'")
+
+
+_open_lock = threading.Lock()
+
+
+def store_for(app: Any) -> SqlTelemetryStore:
+    """The app's store (app.state.telemetry, opened by the telemetry runtime); opened on first
+    use when the runtime is not running, e.g. an app serving only the API."""
+    store = getattr(app.state, "telemetry", None)
+    if store is None:
+        with _open_lock:
+            store = getattr(app.state, "telemetry", None)
+            if store is None:
+                store = open_store(app.state.db.url)
+                app.state.telemetry = store
+    return store

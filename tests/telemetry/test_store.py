@@ -1,0 +1,158 @@
+"""The telemetry store on SQLite and PostgreSQL: exact values, latest, replays, rollups against a
+brute-force recompute, retention."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ecoplat.telemetry.base import SqlTelemetryStore
+from ecoplat.telemetry.points import Point, Sample
+from ecoplat.telemetry.query import HOUR_MS, MINUTE_MS, encode, fold
+
+from .builders import T0, new_device_id, new_enterprise_id, points
+
+
+def dump(store: SqlTelemetryStore, device_id: int) -> dict[str, list[tuple[Any, ...]]]:
+    """Every stored row of the device's series, table by table."""
+    out = {}
+    for table, ts_col in (("telemetry_raw", "ts"), ("telemetry_agg_1m", "bucket_ts"),
+                          ("telemetry_agg_1h", "bucket_ts"), ("telemetry_latest", "ts")):
+        out[table] = [tuple(r) for r in store._rows(
+            f"SELECT s.key, t.* FROM {table} t JOIN telemetry_series s ON s.id = t.series_id "
+            f"WHERE s.device_id = ? ORDER BY s.key, t.{ts_col}", (device_id,))]
+    return out
+
+
+def test_written_values_read_back_exactly_with_their_types(store: SqlTelemetryStore) -> None:
+    dev, ent = new_device_id(), new_enterprise_id()
+    batch = [Point(dev, "current_ka", T0, 12.5), Point(dev, "current_ka", T0 + 1000, 13),
+             Point(dev, "running", T0, True), Point(dev, "mode", T0, "auto"),
+             Point(dev, "setpoints", T0, {"hi": 90.5, "lo": 10}),  # type: ignore[arg-type]
+             Point(dev, "tiny", T0, 1e-300), Point(dev, "big", T0, 2**52 + 1)]
+    store.write(batch, {dev: ent})
+    assert store.keys(dev) == ["big", "current_ka", "mode", "running", "setpoints", "tiny"]
+    got = store.range(dev, ["current_ka", "running", "mode", "setpoints", "tiny", "big", "absent"],
+                      T0, T0 + 2000)
+    assert got == {"current_ka": [Sample(T0, 12.5), Sample(T0 + 1000, 13.0)], "running": [Sample(T0, True)],
+                   "mode": [Sample(T0, "auto")], "setpoints": [Sample(T0, {"hi": 90.5, "lo": 10})],
+                   "tiny": [Sample(T0, 1e-300)], "big": [Sample(T0, float(2**52 + 1))], "absent": []}
+    assert store.latest(dev, ["current_ka", "running"]) == {"current_ka": Sample(T0 + 1000, 13.0),
+                                                           "running": Sample(T0, True)}
+    # end is exclusive, limit counts per key
+    assert store.range(dev, ["current_ka"], T0, T0 + 1000)["current_ka"] == [Sample(T0, 12.5)]
+    assert store.range(dev, ["current_ka"], T0, T0 + 5000, limit=1)["current_ka"] == [Sample(T0, 12.5)]
+
+
+def test_latest_only_moves_forward_and_an_equal_timestamp_takes_the_last_value(store: SqlTelemetryStore) -> None:
+    dev, ent = new_device_id(), new_enterprise_id()
+    store.write(points(dev, "level_pct", [(T0 + 2000, 40.0)]), {dev: ent})
+    store.write(points(dev, "level_pct", [(T0 + 1000, 10.0)]), {dev: ent})  # late, older point
+    assert store.latest(dev) == {"level_pct": Sample(T0 + 2000, 40.0)}
+    store.write(points(dev, "level_pct", [(T0 + 2000, 41.0)]), {dev: ent})
+    assert store.latest(dev) == {"level_pct": Sample(T0 + 2000, 41.0)}
+    # within one batch, the newest point wins whatever its position
+    store.write(points(dev, "level_pct", [(T0 + 9000, 90.0), (T0 + 3000, 30.0)]), {dev: ent})
+    assert store.latest(dev) == {"level_pct": Sample(T0 + 9000, 90.0)}
+    assert [s.ts for s in store.range(dev, ["level_pct"], T0, T0 + 10_000)["level_pct"]] == [
+        T0 + 1000, T0 + 2000, T0 + 3000, T0 + 9000]
+
+
+def test_replaying_a_batch_keeps_the_same_rows_and_aggregates(store: SqlTelemetryStore) -> None:
+    dev, ent = new_device_id(), new_enterprise_id()
+    batch = [Point(dev, k, T0 + i * 7_000, float(i % 13) * (2 if k == "a" else -1))
+             for i in range(600) for k in ("a", "b")] + [Point(dev, "state", T0, "run")]
+    store.write(batch, {dev: ent})
+    first = dump(store, dev)
+    assert len(first["telemetry_raw"]) == 1201
+    store.write(batch, {dev: ent})
+    store.write(batch[100:300], {dev: ent})
+    assert dump(store, dev) == first
+    # A replay that changes values keeps one row per (key, ts) with the last value, and the
+    # rollups follow it instead of counting both.
+    store.write([Point(dev, "a", T0, 1000.0), Point(dev, "a", T0, 500.0)], {dev: ent})
+    after = dump(store, dev)
+    assert len(after["telemetry_raw"]) == 1201
+    assert ("a", after["telemetry_raw"][0][1], T0, 500.0, None) == after["telemetry_raw"][0]
+    minute = [r for r in after["telemetry_agg_1m"] if r[0] == "a" and r[2] == T0][0]
+    brute = fold([(0, ts, v, None) for key, _sid, ts, v, _s in after["telemetry_raw"]
+                  if key == "a" and T0 <= ts < T0 + MINUTE_MS], MINUTE_MS)[(0, T0)]
+    assert minute[3:] == (brute[0], brute[1], brute[2], brute[3])
+
+
+def test_aggregate_over_hours_uses_rollups_and_raw_edges_and_matches_brute_force(store: SqlTelemetryStore) -> None:
+    dev, ent = new_device_id(), new_enterprise_id()
+    samples = [(T0 + i * 10_000 + 123, (i * 37 % 101) / 3) for i in range(3 * 360)]  # 3 h at 0.1 Hz
+    store.write(points(dev, "temp_c", samples), {dev: ent})
+    start, end = T0 + 45 * 60_000 + 5_000, T0 + 2 * HOUR_MS + 17 * 60_000 + 1
+    for interval in (HOUR_MS, 15 * MINUTE_MS, MINUTE_MS, 45_000, 7 * 60_000):
+        got = store.aggregate(dev, ["temp_c"], start, end, interval)["temp_c"]
+        expected = fold([(0, ts, v, None) for ts, v in samples if start <= ts < end], interval)
+        assert [b.ts for b in got] == sorted(b for _, b in expected)
+        for b in got:
+            count, total, lo, hi = expected[(0, b.ts)]
+            assert (b.count, b.min, b.max) == (count, lo, hi)
+            assert math.isclose(b.sum, total) and math.isclose(b.avg, total / count)  # type: ignore[arg-type]
+
+
+value_st = st.one_of(st.integers(-1000, 1000), st.floats(-1e6, 1e6, allow_nan=False),
+                     st.booleans(), st.sampled_from(["open", "closed"]))
+batch_st = st.lists(st.tuples(st.sampled_from(["p", "q"]), st.integers(0, 3 * HOUR_MS // 1000), value_st),
+                    min_size=1, max_size=60)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(batch_st, min_size=1, max_size=5), replay=st.booleans())
+def test_incremental_rollups_equal_a_brute_force_recompute_over_raw(store: SqlTelemetryStore,
+                                                                    batches: list, replay: bool) -> None:
+    dev, ent = new_device_id(), new_enterprise_id()
+    final: dict[tuple[str, int], object] = {}
+    for batch in batches + ([batches[0]] if replay else []):
+        pts = [Point(dev, k, T0 + s * 1000 + 17, v) for k, s, v in batch]
+        store.write(pts, {dev: ent})
+        final.update({(p.key, p.ts): p.value for p in pts})
+    rows = dump(store, dev)
+    assert [(k, ts) for k, _, ts, _, _ in rows["telemetry_raw"]] == sorted(final)
+    key_index = {"p": 0, "q": 1}
+    raw = [(key_index[k], ts, *encode(v)) for (k, ts), v in final.items()]
+    for table, step in (("telemetry_agg_1m", MINUTE_MS), ("telemetry_agg_1h", HOUR_MS)):
+        expected = fold(raw, step)
+        stored = {(key_index[k], b): (c, s, lo, hi) for k, _, b, c, s, lo, hi in rows[table]}
+        assert set(stored) == set(expected), table
+        for k, (c, s, lo, hi) in expected.items():
+            assert stored[k][0] == c and stored[k][2:] == (lo, hi), table
+            assert math.isclose(stored[k][1], s, rel_tol=1e-9, abs_tol=1e-6), table
+    latest = store.latest(dev)
+    for key in {k for k, _ in final}:
+        ts = max(t for k, t in final if k == key)
+        value = final[(key, ts)]
+        assert latest[key] == Sample(ts, float(value) if type(value) is int else value)
+
+
+def test_retention_deletes_only_that_enterprises_old_data(store: SqlTelemetryStore) -> None:
+    ent_a, ent_b = new_enterprise_id(), new_enterprise_id()
+    dev_a, dev_b = new_device_id(), new_device_id()
+    old = [(T0 - 40 * 86_400_000 + i * 60_000, float(i)) for i in range(10)]
+    recent = [(T0 + i * 60_000, float(i)) for i in range(10)]
+    store.write(points(dev_a, "ppm", old + recent), {dev_a: ent_a})
+    store.write(points(dev_b, "ppm", old + recent), {dev_b: ent_b})
+    cutoff = T0 - 30 * 86_400_000
+    assert store.apply_retention(ent_a, cutoff) == 10
+    assert [s.ts for s in store.range(dev_a, ["ppm"], 0, T0 + HOUR_MS)["ppm"]] == [ts for ts, _ in recent]
+    assert len(store.range(dev_b, ["ppm"], 0, T0 + HOUR_MS)["ppm"]) == 20
+    assert store.apply_retention(ent_a, cutoff) == 0
+    # minute rollups of the expired range go with the raw rows; hour rollups stay for charts
+    assert store.aggregate(dev_a, ["ppm"], 0, cutoff, MINUTE_MS)["ppm"] == []
+    assert sum(b.count for b in store.aggregate(dev_a, ["ppm"], 0, cutoff, HOUR_MS)["ppm"]) == 10
+    assert store.latest(dev_a)["ppm"] == Sample(recent[-1][0], recent[-1][1])
+
+
+def test_a_claimed_device_moves_its_series_to_the_new_enterprise(store: SqlTelemetryStore) -> None:
+    dev, vendor, plant = new_device_id(), new_enterprise_id(), new_enterprise_id()
+    store.write(points(dev, "v", [(T0 - 90 * 86_400_000, 1.0)]), {dev: vendor})
+    store.write(points(dev, "v", [(T0, 2.0)]), {dev: plant})
+    assert store.apply_retention(vendor, T0) == 0
+    assert store.apply_retention(plant, T0) == 1
