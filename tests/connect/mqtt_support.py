@@ -6,6 +6,7 @@ subprocesses, and small readers over the REST API."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import secrets
 import signal
@@ -30,6 +31,24 @@ from ecoplat.tenancy.models import Enterprise, Role, SizeClass, User
 
 SECRET = "test-secret-" + "m" * 32
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _root_conftest() -> Any:
+    # tests/connect/conftest.py shadows the name "conftest"; load the root one by its path.
+    spec = importlib.util.spec_from_file_location("ecoplat_tests_root_conftest", ROOT / "tests" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+_root = _root_conftest()
+free_port: Callable[[], int] = _root.free_port
+new_database_url: Callable[[str, Path], str] = _root.new_database_url
+drop_postgres_database: Callable[[str], None] = _root.drop_postgres_database
 
 
 @dataclass

@@ -22,6 +22,9 @@ from ecoplat.migrations_runner import upgrade
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_support import (  # noqa: E402
+    drop_postgres_database,
+    free_port,
+    new_database_url,
     raw_series,
     seed_tenant,
     serve_env,
@@ -31,8 +34,6 @@ from mqtt_support import (  # noqa: E402
     wait_mqtt,
     wait_until,
 )
-
-from conftest import drop_postgres_database, free_port, new_database_url  # noqa: E402
 
 TOTAL = 2400
 RATE_PER_S = 600.0

@@ -27,8 +27,11 @@ from ecoplat.migrations_runner import upgrade
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_support import (  # noqa: E402
     Tenant,
+    drop_postgres_database,
     errors_by_reason,
+    free_port,
     latest,
+    new_database_url,
     platform_settings,
     raw_series,
     running_platform,
@@ -39,8 +42,6 @@ from mqtt_support import (  # noqa: E402
     wait_http,
     wait_until,
 )
-
-from conftest import drop_postgres_database, free_port, new_database_url  # noqa: E402
 
 MOSQUITTO_PUB = "/usr/bin/mosquitto_pub"
 
