@@ -174,6 +174,7 @@ def test_rule_update_recompiles_only_that_rule() -> None:
     e = engine_with(kind="high", key="t", params={"limit": 80})
     assert run(e, "t", [(0, 85)]) == [(True, 0)]
     e.upsert_rule(RuleSpec(id=1, enterprise_id=1, device_id=7, kind="high", key="t", params={"limit": 90}))
-    assert run(e, "t", [(1, 85), (2, 91)]) == [(True, 2)]
+    # The edited rule keeps the active condition: 85 is under the new limit, so it clears.
+    assert run(e, "t", [(1, 85), (2, 91)]) == [(False, 1), (True, 2)]
     e.remove_rule(1)
     assert run(e, "t", [(3, 95)]) == [] and e.binding_count == 0

@@ -434,10 +434,21 @@ class RuleEngine:
         """Adds or replaces a rule (a disabled rule is removed). Only its index entries change."""
         compiled = compile_rule(spec) if spec.enabled else None
         with self._lock:
+            # An edited rule keeps each device's condition, so an active alarm clears by the new
+            # limits instead of being forgotten (and then opened a second time).
+            kept = {d: (b.active, b.raw_active, b.pending_since, b.clear_since, b.last_ts, b.last_value)
+                    for (r, d), b in self._bindings.items() if r == spec.id}
             self._detach(spec.id)
             if compiled is not None:
                 self._rules[spec.id] = compiled
                 self._attach(compiled)
+                for d, state in kept.items():
+                    b = self._bindings.get((spec.id, d))
+                    if b is not None:
+                        (b.active, b.raw_active, b.pending_since, b.clear_since, b.last_ts,
+                         b.last_value) = state
+                        if b.pending_since is not None or b.clear_since is not None:
+                            self._delayed[(spec.id, d)] = b
 
     def remove_rule(self, rule_id: int) -> None:
         with self._lock:

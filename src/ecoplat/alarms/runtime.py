@@ -1,0 +1,246 @@
+"""The alarm runtime, started by the app lifespan after connect's ingest pipeline.
+
+    ingest writer thread ──listener──► RuleEngine.evaluate (a dict lookup per point)
+                                              │ condition changes (rare)
+                                              ▼
+                              alarm writer thread: one transaction per batch
+                              (alarms, transitions, outbox rows) ──commit──► events alarm.<ent>
+                                              │
+                                              └──wake──► notification dispatcher thread
+
+The writer thread keeps database work out of the ingest path: evaluating a batch costs the
+ingest thread only the engine's lookups. A ticker feeds the engine the wall clock for stale
+data and delays that expire while a device is silent, and expires shelving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from ecoplat.alarms import service
+from ecoplat.alarms.engine import ConditionChange, DeviceInfo, RuleEngine, RuleError
+from ecoplat.alarms.models import AlarmRule
+from ecoplat.alarms.notifications import Dispatcher
+from ecoplat.db import Database
+from ecoplat.events import Event, EventBus
+from ecoplat.telemetry.points import Point
+
+log = logging.getLogger(__name__)
+
+TICK_INTERVAL_S = 1.0
+
+
+class AlarmRuntime:
+    def __init__(self, database: Database, events: EventBus, *, tick_interval_s: float = TICK_INTERVAL_S,
+                 dispatcher: Dispatcher | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.database = database
+        self.events = events
+        self.tick_interval_s = tick_interval_s
+        self.clock = clock
+        self.engine = RuleEngine(device_resolver=self._resolve_device)
+        self.dispatcher = dispatcher or Dispatcher(database)
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
+        self.points_evaluated = 0
+        self.changes_written = 0
+        self.write_failures = 0
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        with self.database.session() as db:
+            specs = service.load_enabled_rules(db)
+            active = service.open_active_alarms(db)
+        for spec in specs:
+            try:
+                self.engine.upsert_rule(spec)
+            except RuleError as e:
+                log.error("alarm rule %s cannot be compiled and is skipped: %s", spec.id, e)
+        for rule_id, device_id in active:
+            self.engine.restore_active(rule_id, device_id)
+        log.info("alarm engine loaded %d rules, %d active alarms", self.engine.rule_count, len(active))
+
+    def start(self) -> None:
+        self.load()
+        self._thread = threading.Thread(target=self._run, name="ecoplat-alarm-writer", daemon=True)
+        self._thread.start()
+        self._unsubscribe.append(self.events.add_listener("alarm_rule.", self._on_rule_event))
+        self.dispatcher.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
+        if self._thread is not None:
+            self._queue.put(("stop", None))
+            self._thread.join(timeout)
+            self._thread = None
+        self.dispatcher.stop()
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def on_points(self, points: Sequence[Point]) -> None:
+        """The ingest listener: runs in the ingest writer thread after each durable batch."""
+        changes = self.engine.evaluate(points)
+        if changes:
+            self._queue.put(("changes", changes))
+        self.points_evaluated += len(points)
+
+    def tick(self, now_ms: int | None = None) -> None:
+        now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
+        changes = self.engine.tick(now_ms)
+        if changes:
+            self._queue.put(("changes", changes))
+        self._queue.put(("expire", None))
+
+    def reload_rule(self, rule_id: int) -> None:
+        """Recompiles one rule from the database (after its create, update or delete committed)."""
+        with self.database.session() as db:
+            rule = db.get(AlarmRule, rule_id)
+            spec = service.rule_spec(rule) if rule is not None else None
+        if spec is None:
+            self.engine.remove_rule(rule_id)
+            return
+        try:
+            self.engine.upsert_rule(spec)
+        except RuleError as e:
+            log.error("alarm rule %s cannot be compiled: %s", rule_id, e)
+            self.engine.remove_rule(rule_id)
+
+    def _on_rule_event(self, event: Event) -> None:
+        rule_id = event.data.get("rule_id")
+        if isinstance(rule_id, int):
+            try:
+                self.reload_rule(rule_id)
+            except Exception:
+                log.exception("reloading alarm rule %s failed", rule_id)
+
+    def _resolve_device(self, device_id: int) -> DeviceInfo | None:
+        from ecoplat.connect.models import Device
+        from ecoplat.tenancy.models import Equipment
+
+        with self.database.session() as db:
+            row = db.execute(
+                select(Device.id, Device.enterprise_id, Device.profile_id, Device.name, Equipment.site_id)
+                .outerjoin(Equipment, Equipment.id == Device.equipment_id)
+                .where(Device.id == device_id)).first()
+        if row is None or row.enterprise_id is None:
+            return None
+        return DeviceInfo(id=row.id, enterprise_id=row.enterprise_id, profile_id=row.profile_id,
+                          name=row.name, site_id=row.site_id)
+
+    # -- the alarm writer thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            kind, payload = self._queue.get()
+            if kind == "stop":
+                return
+            changes: list[ConditionChange] = []
+            barriers: list[threading.Event] = []
+            expire = False
+            stop = False
+            while True:
+                if kind == "changes":
+                    changes.extend(payload)
+                elif kind == "expire":
+                    expire = True
+                elif kind == "barrier":
+                    barriers.append(payload)
+                elif kind == "stop":
+                    stop = True
+                try:
+                    kind, payload = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if changes:
+                self._write(changes)
+            if expire:
+                self._expire()
+            for barrier in barriers:
+                barrier.set()
+            if stop:
+                return
+
+    def _write(self, changes: list[ConditionChange]) -> None:
+        for attempt in range(3):
+            try:
+                with self.database.session() as db:
+                    service.publish_after_commit(db, self.events.publish)
+                    service.apply_condition_changes(db, changes)
+                self.changes_written += len(changes)
+                self.dispatcher.wake()
+                return
+            except Exception:
+                log.exception("writing %d alarm changes failed (attempt %d)", len(changes), attempt + 1)
+                time.sleep(0.05 * (attempt + 1))
+        self.write_failures += 1
+
+    def _expire(self) -> None:
+        try:
+            with self.database.session() as db:
+                service.publish_after_commit(db, self.events.publish)
+                if service.expire_shelving(db):
+                    self.dispatcher.wake()
+        except Exception:
+            log.exception("expiring shelved alarms failed")
+
+    def drain(self, timeout: float = 5.0, *, points_evaluated: int = 0) -> None:
+        """Waits until the listener has evaluated that many points in all, then until everything
+        queued so far is written (tests and the benchmark)."""
+        deadline = time.monotonic() + timeout
+        while self.points_evaluated < points_evaluated:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the ingest listener did not evaluate the points in time")
+            time.sleep(0.001)
+        done = threading.Event()
+        self._queue.put(("barrier", done))
+        if not done.wait(timeout):
+            raise TimeoutError("the alarm writer did not catch up in time")
+
+
+async def _ticker(runtime: AlarmRuntime) -> None:
+    while True:
+        await asyncio.sleep(runtime.tick_interval_s)
+        try:
+            runtime.tick()
+        except Exception:
+            log.exception("alarm tick failed")
+
+
+async def start(app: FastAPI) -> None:
+    runtime = AlarmRuntime(app.state.db, app.state.events)
+    await asyncio.to_thread(runtime.start)
+    ingest = getattr(app.state, "ingest", None)
+    if ingest is not None:
+        app.state.alarms_unsubscribe = ingest.add_listener(runtime.on_points)
+    else:
+        log.warning("no ingest pipeline on app.state: alarm rules will not see telemetry")
+    app.state.alarms = runtime
+    app.state.alarms_ticker = asyncio.create_task(_ticker(runtime), name="ecoplat-alarm-ticker")
+
+
+async def stop(app: FastAPI) -> None:
+    ticker = getattr(app.state, "alarms_ticker", None)
+    if ticker is not None:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+    unsubscribe = getattr(app.state, "alarms_unsubscribe", None)
+    if unsubscribe is not None:
+        unsubscribe()
+    runtime: AlarmRuntime | None = getattr(app.state, "alarms", None)
+    if runtime is not None:
+        await asyncio.to_thread(runtime.stop)
+        app.state.alarms = None

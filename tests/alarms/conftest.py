@@ -1,0 +1,59 @@
+"""Fixtures for the alarm tests: a migrated database per module with the real ingest pipeline,
+telemetry store and alarm runtime running on it (no ticker: tests feed time explicitly)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from ecoplat.alarms.notifications import Dispatcher
+from ecoplat.alarms.runtime import AlarmRuntime
+from ecoplat.connect.ingest import IngestPipeline
+from ecoplat.db import Database
+from ecoplat.events import Event, EventBus
+from ecoplat.migrations_runner import upgrade
+from ecoplat.telemetry.store import open_store
+
+from conftest import drop_postgres_database, new_database_url
+
+
+@dataclass
+class Pipeline:
+    database: Database
+    events: EventBus
+    ingest: IngestPipeline
+    alarms: AlarmRuntime
+    seen: list[Event]
+
+    def alarm_events(self, enterprise_id: int) -> list[Event]:
+        return [e for e in list(self.seen) if e.topic == f"alarm.{enterprise_id}"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    url = new_database_url(backend, tmp_path_factory.mktemp("alarms"))
+    upgrade(url)
+    database = Database(url)
+    events = EventBus()
+    store = open_store(url)
+    ingest = IngestPipeline(database=database, store=store, events=events, batch_max_points=1000,
+                            batch_max_ms=5)
+    ingest.start()
+    # The dispatcher polls fast here so notification tests need not wait long.
+    runtime = AlarmRuntime(database, events, dispatcher=Dispatcher(database, poll_interval_s=0.05,
+                                                                   backoff_base_s=0.05, backoff_max_s=0.2))
+    runtime.start()
+    unsubscribe = ingest.add_listener(runtime.on_points)
+    seen: list[Event] = []
+    remove = events.add_listener("alarm.", seen.append)
+    yield Pipeline(database, events, ingest, runtime, seen)
+    remove()
+    unsubscribe()
+    runtime.stop()
+    ingest.stop()
+    store.close()
+    database.dispose()
+    if backend == "postgres":
+        drop_postgres_database(url)
