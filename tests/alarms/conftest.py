@@ -3,8 +3,12 @@ telemetry store and alarm runtime running on it (no ticker: tests feed time expl
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +20,25 @@ from ecoplat.events import Event, EventBus
 from ecoplat.migrations_runner import upgrade
 from ecoplat.telemetry.store import open_store
 
-from conftest import drop_postgres_database, new_database_url
+
+def _root_conftest() -> Any:
+    # Other test folders have a conftest.py of their own that may hold the name "conftest" in
+    # sys.modules; load the root one by its path (the same module name the connect tests use).
+    path = Path(__file__).resolve().parents[1] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("ecoplat_tests_root_conftest", path)
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+_root = _root_conftest()
+new_database_url = _root.new_database_url
+drop_postgres_database = _root.drop_postgres_database
+free_port = _root.free_port
 
 
 @dataclass
