@@ -24,7 +24,15 @@ from sqlalchemy.engine import Dialect, make_url
 from ecoplat.db import make_engine, utcnow
 from ecoplat.migrations_runner import upgrade
 from ecoplat.tenancy.auth import hash_password
-from ecoplat.tenancy.models import Enterprise, Role, SizeClass, User
+from ecoplat.tenancy.models import (
+    Ecosystem,
+    EcosystemMembership,
+    Enterprise,
+    MembershipRole,
+    Role,
+    SizeClass,
+    User,
+)
 
 DEFAULT_POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ADMIN_EMAIL = "platform-admin@bench.example"
@@ -50,6 +58,10 @@ ISIC_CLASSES = ["2011", "2013", "2029", "2220", "2410", "2813", "2819", "2825", 
                 "3312", "4922", "5210"]
 # Most enterprises in an ecosystem are small or micro (the point of the platform).
 SIZE_WEIGHTS = [(SizeClass.large, 2), (SizeClass.medium, 10), (SizeClass.small, 40), (SizeClass.micro, 48)]
+ECOSYSTEMS = [("chlor-alkali", "Chlor-alkali", "氯碱", "chemicals"),
+              ("hvac", "HVAC mass customization", "暖通空调大规模定制", "hvac"),
+              ("salt-chemicals", "Salt chemicals", "盐化工", "chemicals"),
+              ("pumps-valves", "Pumps and valves", "泵阀", "machinery")]
 USER_ROLES = [Role.enterprise_admin, Role.engineer, Role.safety_officer, Role.operator, Role.operator,
               Role.operator, Role.engineer, Role.operator, Role.customer, Role.operator]
 
@@ -282,6 +294,37 @@ def seed_tenancy(url: str, *, enterprises: int, users_per_enterprise: int,
                 samples.extend(r[1] for r in chunk[: 200 - len(samples)])
             report("enterprises", done, enterprises)
 
+        # Every enterprise belongs to one ecosystem, every tenth to a second one as well; large
+        # enterprises co-build (the answer of the list/detail endpoints includes memberships).
+        eco_table: Table = Ecosystem.__table__  # type: ignore[assignment]
+        eco_cols = ["id", "slug", "name_en", "name_zh", "industry", "created_at", "updated_at"]
+        eco_const = _constant_columns(eco_table, eco_cols, d)
+        writer.write(eco_table, eco_cols + list(eco_const),
+                     [(i, *eco, ts, ts, *eco_const.values()) for i, eco in enumerate(ECOSYSTEMS, 1)])
+        mem_table: Table = EcosystemMembership.__table__  # type: ignore[assignment]
+        mem_cols = ["id", "ecosystem_id", "enterprise_id", "role", "created_at", "updated_at"]
+        mem_const = _constant_columns(mem_table, mem_cols, d)
+        co_builder = _bind(mem_table, "role", MembershipRole.co_builder, d)
+        member = _bind(mem_table, "role", MembershipRole.member, d)
+
+        def memberships() -> Iterator[tuple[Any, ...]]:
+            mid = 0
+            for eid, _name, _c, _i, size in enterprise_rows(enterprises):
+                role = co_builder if size == SizeClass.large.value else member
+                ecos = [eid % len(ECOSYSTEMS) + 1]
+                if eid % 10 == 0:
+                    ecos.append((eid + 1) % len(ECOSYSTEMS) + 1)
+                for eco in ecos:
+                    mid += 1
+                    yield (mid, eco, eid, role, ts, ts, *mem_const.values())
+
+        done = 0
+        for chunk in _chunks(memberships(), chunk_size):
+            writer.write(mem_table, mem_cols + list(mem_const), chunk)
+            done += len(chunk)
+            report("memberships", done, int(enterprises * 1.1))
+        report("memberships", int(enterprises * 1.1), int(enterprises * 1.1))
+
         user_table: Table = User.__table__  # type: ignore[assignment]
         user_cols = ["id", "enterprise_id", "email", "full_name", "password_hash", "roles",
                      "created_at", "updated_at"]
@@ -314,7 +357,7 @@ def seed_tenancy(url: str, *, enterprises: int, users_per_enterprise: int,
             _fill_sqlite_fts(writer)
         else:
             # Ids were given explicitly, so the sequences must be moved past them.
-            for table in ("enterprises", "users"):
+            for table in ("ecosystems", "enterprises", "ecosystem_memberships", "users"):
                 writer.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                                f"(SELECT max(id) FROM {table}))")
             # What autovacuum would do shortly after such a load anyway.
