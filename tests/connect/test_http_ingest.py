@@ -3,6 +3,7 @@ pipeline), values read back over REST, every bad input rejected, counted, and in
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +139,28 @@ def test_rotated_and_revoked_tokens_stop_working_at_once(live):
     assert latest["flow_m3h"]["value"] == 13.0
     errors = client.get(f"/api/devices/{device_id}/errors", headers=tenant.headers).json()
     assert {e["reason"]: e["count"] for e in errors["by_reason"]} == {"revoked_token": 1}
+
+
+def test_two_way_rpc_answers_with_the_devices_response_or_504(live):
+    client, database = live
+    tenant = seed(database, "valve-3")
+    device_id, _ = tenant.devices["valve-3"]
+    app = client.app
+    asked = []
+
+    def device_side(event) -> None:  # type: ignore[no-untyped-def]
+        # what the MQTT transport does with the device's answer on v1/devices/me/rpc/response/{id}
+        asked.append(event.data)
+        if event.data["method"] == "getValve":
+            threading.Timer(0.05, app.state.ingest.rpc_response,
+                            args=(device_id, event.data["id"], {"open": False, "position_pct": 0})).start()
+
+    app.state.events.add_listener(f"rpc.{tenant.enterprise_id}.{device_id}", device_side)
+    r = client.post(f"/api/devices/{device_id}/rpc", json={"method": "getValve", "params": {}, "timeout_ms": 3000},
+                    headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["response"] == {"open": False, "position_pct": 0}
+    r = client.post(f"/api/devices/{device_id}/rpc", json={"method": "reboot", "timeout_ms": 200},
+                    headers=tenant.headers)
+    assert r.status_code == 504 and r.headers["content-type"] == "application/problem+json"
+    assert [a["method"] for a in asked] == ["getValve", "reboot"]
