@@ -1,0 +1,55 @@
+"""/api/health (database reachable, migrations current) and the Prometheus metrics at /metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from ecoplat.app import create_app
+from ecoplat.config import Settings
+from ecoplat.db import Database
+from ecoplat.migrations_runner import head_revisions, upgrade
+
+
+def test_health_is_ok_on_a_migrated_database(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.get("/api/health")
+    assert r.status_code == 200
+    assert r.json() | {"version": "?"} == {"status": "ok", "database": "ok", "migrations": "current", "version": "?"}
+
+
+def _health_of(settings: Settings, url: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    database = Database(url)
+    try:
+        with TestClient(create_app(settings, database=database, start_runtime=False)) as c:
+            r = c.get("/api/health")
+            return r.status_code, r.json(), r.headers["content-type"]
+    finally:
+        database.dispose()
+
+
+def test_health_answers_503_when_migrations_are_behind(settings: Settings, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    if head_revisions(url) != {"0001"}:
+        upgrade(url, "0001")  # the first migration only: an older schema than head
+    # (otherwise the database stays empty, which is behind head too)
+    status, body, ctype = _health_of(settings, url)
+    assert status == 503 and ctype.startswith("application/problem+json")
+    assert body["database"] == "ok" and body["migrations"] == "behind"
+    assert "ecoplat migrate" in body["detail"]
+
+
+def test_health_answers_503_when_the_database_is_unreachable(settings: Settings) -> None:
+    status, body, ctype = _health_of(settings, "postgresql+psycopg://postgres@127.0.0.1:9/nowhere?connect_timeout=2")
+    assert status == 503 and ctype.startswith("application/problem+json")
+    assert body["database"] == "unreachable"
+    assert "unreachable" in body["detail"]
+
+
+def test_prometheus_metrics_are_served(client) -> None:  # type: ignore[no-untyped-def]
+    client.get("/api/health")
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    assert "ecoplat_http_requests_total" in r.text
+    assert 'route="/api/health"' in r.text
