@@ -79,3 +79,13 @@ def make_equipment(db: Session, enterprise_id: int, *, name: str = "Electrolyzer
     db.add(eq)
     db.flush()
     return eq
+
+
+# Gateways (engineer "gateways"): the isolation test's builder for /api/connectors.
+def _register_gateway_builders() -> None:
+    from tests.connect.gateway_builders import register_isolation_builders
+
+    register_isolation_builders()
+
+
+_register_gateway_builders()

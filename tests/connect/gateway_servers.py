@@ -4,9 +4,12 @@ in a background thread so module-scoped fixtures can share them across sync and 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import socket
 import threading
 from collections.abc import Coroutine
+from functools import cache
 from typing import Any, TypeVar
 
 from asyncua import Server, ua
@@ -171,3 +174,16 @@ class OpcUaTestServer:
     def close(self) -> None:
         self.stop()
         self.loops.close()
+
+
+@cache
+def shared_opcua_server() -> OpcUaTestServer:
+    """One OPC UA server for every test module that only reads from it (it takes seconds to
+    start); stopped when the test run ends."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = OpcUaTestServer(port)
+    server.start()
+    atexit.register(server.close)
+    return server

@@ -16,6 +16,7 @@ from tests.connect.gateway_servers import (
     ModbusTestServer,
     OpcUaTestServer,
     modbus_register_config,
+    shared_opcua_server,
 )
 
 from ecoplat.connect.gateways.base import ConnectorState, Coordinator, connector_types
@@ -27,11 +28,8 @@ DEVICE_ID = 4242
 
 
 @pytest.fixture(scope="module")
-def opcua_server() -> Iterator[OpcUaTestServer]:
-    server = OpcUaTestServer(free_port())
-    server.start()
-    yield server
-    server.close()
+def opcua_server() -> OpcUaTestServer:
+    return shared_opcua_server()
 
 
 @pytest.fixture

@@ -199,7 +199,10 @@ async def browse(endpoint: str, node_id: str | None = None, *, timeout_s: float 
     client = make_client(endpoint, timeout_s=timeout_s, username=username, password=password)
     await client.connect()
     try:
-        refs = await client.get_node(parent).get_children_descriptions()
+        parent_node = client.get_node(parent)
+        # Browsing an unknown node answers an empty list; reading its class raises BadNodeIdUnknown.
+        await parent_node.read_node_class()
+        refs = await parent_node.get_children_descriptions()
         out: list[BrowseEntry] = []
         type_names: dict[str, str] = {}
         for ref in refs[:MAX_BROWSE_RESULTS]:
