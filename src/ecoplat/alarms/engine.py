@@ -208,21 +208,22 @@ def compile_expression(source: str) -> CompiledExpression:
     except SyntaxError as e:
         raise RuleError(f"The expression is not valid: {e.msg} at column {e.offset}.",
                         "params.expression") from e
+    nodes = list(ast.walk(module))
+    # Syntax first, then names, then calls, so the message names the most specific problem.
+    for node in nodes:
+        if not isinstance(node, _ALLOWED_NODES):
+            what = _NODE_WORDS.get(type(node), type(node).__name__)
+            raise RuleError(f"The expression uses {what}, which is not allowed; use telemetry keys, "
+                            "numbers, arithmetic, comparisons, and/or/not and "
+                            + ", ".join(sorted(EXPRESSION_FUNCTIONS)) + ".", "params.expression")
     names: list[str] = []
-    for node in ast.walk(module):
+    for node in nodes:
         if isinstance(node, ast.Name):
             if node.id.startswith("_"):
                 raise RuleError(f"Names starting with '_' ({node.id}) are not allowed in expressions.",
                                 "params.expression")
             if node.id not in EXPRESSION_FUNCTIONS and node.id not in names:
                 names.append(node.id)
-        elif isinstance(node, ast.Call):
-            if not isinstance(node.func, ast.Name) or node.func.id not in EXPRESSION_FUNCTIONS:
-                called = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
-                raise RuleError(f"Calling '{called}' is not allowed; the expression may call only "
-                                + ", ".join(sorted(EXPRESSION_FUNCTIONS)) + ".", "params.expression")
-            if node.keywords:
-                raise RuleError("Keyword arguments are not allowed in expressions.", "params.expression")
         elif isinstance(node, ast.Constant):
             if isinstance(node.value, str) and len(node.value) > 200:
                 raise RuleError("String constants in expressions are limited to 200 characters.",
@@ -230,11 +231,14 @@ def compile_expression(source: str) -> CompiledExpression:
             if isinstance(node.value, bytes | complex) or node.value is Ellipsis:
                 raise RuleError("Only numbers, strings, True, False and None may appear as constants.",
                                 "params.expression")
-        elif not isinstance(node, _ALLOWED_NODES):
-            what = _NODE_WORDS.get(type(node), type(node).__name__)
-            raise RuleError(f"The expression uses {what}, which is not allowed; use telemetry keys, "
-                            "numbers, arithmetic, comparisons, and/or/not and "
-                            + ", ".join(sorted(EXPRESSION_FUNCTIONS)) + ".", "params.expression")
+    for node in nodes:
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in EXPRESSION_FUNCTIONS:
+                called = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
+                raise RuleError(f"Calling '{called}' is not allowed; the expression may call only "
+                                + ", ".join(sorted(EXPRESSION_FUNCTIONS)) + ".", "params.expression")
+            if node.keywords:
+                raise RuleError("Keyword arguments are not allowed in expressions.", "params.expression")
     if not names:
         raise RuleError("The expression names no telemetry key, so it could never change.",
                         "params.expression")

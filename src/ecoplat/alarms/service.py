@@ -71,7 +71,7 @@ def publish_after_commit(db: Session, publish: Callable[[str, dict[str, Any]], N
         for topic, data in session.info.pop(PENDING_EVENTS, []):
             publish(topic, data)
 
-    def _after_rollback(session: Session) -> None:
+    def _after_rollback(session: Session, _previous: Any) -> None:
         session.info.pop(PENDING_EVENTS, None)
 
     if not db.info.get("ecoplat.alarm_hook"):
