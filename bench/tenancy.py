@@ -97,6 +97,7 @@ class Recorder:
     error_samples: list[str] = field(default_factory=list)
     max_depth_rows: int = 0
     rows_returned: dict[str, int] = field(default_factory=dict)
+    answered_total: int = 0  # warm-up included: what the server's CPU time is divided by
 
     def ok(self, endpoint: str, seconds: float, rows: int = 0) -> None:
         self.latencies.setdefault(endpoint, []).append(seconds)
@@ -116,7 +117,7 @@ class Recorder:
             s["rows_per_request"] = round(self.rows_returned.get(name, 0) / s["count"], 1) if s["count"] else 0
             out[name] = s
         return {"endpoints": out, "error_samples": self.error_samples,
-                "list_max_depth_rows": self.max_depth_rows}
+                "list_max_depth_rows": self.max_depth_rows, "answered_total": self.answered_total}
 
 
 class _ListWalk:
@@ -196,6 +197,7 @@ async def _http_load(spec: dict[str, Any]) -> dict[str, Any]:
                     if walk is not None and ep == "list":
                         walk.restart()
                     continue
+                rec.answered_total += 1
                 rows = 1
                 if ep in ("list", "search"):
                     page = orjson.loads(body)
@@ -335,6 +337,22 @@ def trivial_app() -> Any:
         return JSONResponse({"id": 1, "name": "ping"})
 
     return Starlette(routes=[Route("/ping", ping)])
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms_per_request(pid: int, before: float | None, answered: int) -> float | None:
+    after = process_cpu_s(pid)
+    if before is None or after is None or not answered:
+        return None
+    return round((after - before) * 1000 / answered, 3)
 
 
 def _child_env(**extra: str) -> dict[str, str]:
@@ -487,15 +505,18 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict
         base_url = f"http://127.0.0.1:{port}"
         common = {"concurrency": args.concurrency, "seed": 7, "search_terms": terms,
                   "max_id": args.enterprises}
-        with platform_server(db_url, port, data_dir):
+        with platform_server(db_url, port, data_dir) as server:
             token = sign_in(base_url, seeded.admin_email, seeded.admin_password)
             console.print("walking the list once to spread start points over every depth …")
             starts = collect_start_points(base_url, token)
             console.print(f"load: {args.concurrency} concurrent clients, {args.duration} s "
                           f"(+{args.warmup} s warm-up), list/search/detail in equal shares")
+            cpu_before = process_cpu_s(server.pid)
             api = run_loadgen({**common, "mode": "http", "base_url": base_url, "token": token,
                                "endpoints": list(ENDPOINTS), "starts": starts,
                                "duration_s": args.duration, "warmup_s": args.warmup}, workdir)
+            # CPU per request hardly depends on how busy the machine is, unlike latency.
+            api["server_cpu_ms_per_request"] = cpu_ms_per_request(server.pid, cpu_before, api["answered_total"])
         console.print("baseline: the same queries straight on the database …")
         db = run_loadgen({**common, "mode": "db", "db_url": db_url, "endpoints": list(ENDPOINTS),
                           "starts": starts, "duration_s": args.baseline_duration,
@@ -503,11 +524,14 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict
         plans = explain(db_url, terms, starts)
         console.print("baseline: a bare Starlette route under the same uvicorn (HTTP floor) …")
         tport = free_port()
-        with trivial_server(tport, workdir):
+        with trivial_server(tport, workdir) as trivial:
+            cpu_before = process_cpu_s(trivial.pid)
             floor = run_loadgen({**common, "mode": "http", "base_url": f"http://127.0.0.1:{tport}",
                                  "endpoints": ["http_floor"], "paths": {"http_floor": "/ping"}, "starts": [],
                                  "duration_s": args.baseline_duration, "warmup_s": min(args.warmup, 1.0)},
                                 workdir)
+            floor["server_cpu_ms_per_request"] = cpu_ms_per_request(trivial.pid, cpu_before,
+                                                                     floor["answered_total"])
     finally:
         if backend == "postgres":
             _seed.drop_postgres_database(db_url, args.postgres_admin_url)
@@ -534,6 +558,8 @@ def summarize(backend: str, seeded: Any, api: dict[str, Any], db: dict[str, Any]
         "seed": {"enterprises": seeded.enterprises, "users": seeded.users, "seconds": seeded.seconds,
                  "rows_per_s": seeded.rows_per_s, "search_index": seeded.search_index},
         "endpoints": {ep: api["endpoints"].get(ep, {}) for ep in ENDPOINTS},
+        "server_cpu_ms_per_request": {"api_mixed": api.get("server_cpu_ms_per_request"),
+                                      "http_floor": floor.get("server_cpu_ms_per_request")},
         "list_start_points": start_points,
         "list_max_depth_rows": api["list_max_depth_rows"],
         "error_samples": api["error_samples"],
@@ -561,6 +587,9 @@ def print_table(backend: str, result: dict[str, Any]) -> None:
                       f"[{colour}]{p95}[/{colour}]", f"{e.get('p99_ms')}", f"{e.get('throughput_rps')}",
                       f"{b.get('p95_ms')}", f"{floor.get('p95_ms')}", f"{result['ratio_p95'][ep]}")
     console.print(table)
+    cpu = result["server_cpu_ms_per_request"]
+    console.print(f"server CPU per request: platform (mixed) {cpu['api_mixed']} ms, "
+                  f"bare Starlette {cpu['http_floor']} ms")
     console.print(f"list walks reached row {result['list_max_depth_rows']:,} "
                   f"(from {result['list_start_points']} start points)")
     for name, plan in result["plans"].items():
