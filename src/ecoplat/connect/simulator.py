@@ -231,6 +231,7 @@ class SimulatorStats:
     publish_errors: int = 0
     connected: int = 0
     faults: int = 0
+    sent_by_device: dict[str, int] = field(default_factory=dict)
 
 
 class Simulator:
@@ -248,6 +249,7 @@ class Simulator:
                        for i, d in enumerate(devices)]
         self.stats = SimulatorStats()
         self._clients: list[mqtt.Client] = []
+        self._last_publish: dict[int, mqtt.MQTTMessageInfo] = {}
         self._connected: set[int] = set()
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -285,6 +287,11 @@ class Simulator:
         return cb
 
     def _disconnect_all(self) -> None:
+        # QoS 1 messages still in flight would be lost by an immediate disconnect.
+        for info in self._last_publish.values():
+            with contextlib.suppress(Exception):
+                info.wait_for_publish(timeout=2)
+        self._last_publish.clear()
         for c in self._clients:
             try:
                 c.disconnect()
@@ -308,6 +315,8 @@ class Simulator:
             info = self._clients[i].publish(TELEMETRY_TOPIC, orjson.dumps({"ts": ts_ms, "values": values}), qos=1)
             if info.rc == mqtt.MQTT_ERR_SUCCESS:
                 self.stats.sent += 1
+                self.stats.sent_by_device[model.name] = self.stats.sent_by_device.get(model.name, 0) + 1
+                self._last_publish[i] = info
             else:
                 self.stats.publish_errors += 1
 
