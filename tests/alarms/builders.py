@@ -99,3 +99,50 @@ def make_rule(db: Session, enterprise_id: int, **kw: Any) -> AlarmRule:
     db.add(rule)
     db.flush()
     return rule
+
+
+# --- the isolation test's builders for the alarm routes --------------------------------------
+
+
+def _register_isolation_builders() -> None:
+    try:
+        from isolation_registry import IsolationTenant, register
+    except ImportError:  # imported outside the isolation test
+        return
+    from ecoplat.alarms import service
+    from ecoplat.alarms.engine import ConditionChange
+    from ecoplat.alarms.models import NotificationChannel
+
+    def device(db: Session, tenant: IsolationTenant) -> int:
+        if "alarm_device" not in tenant.cache:
+            tenant.cache["alarm_device"] = make_device(db, tenant.enterprise_id, f"iso {secrets.token_hex(3)}",
+                                                       equipment_id=tenant.ids.get("equipment"))[0]
+        return tenant.cache["alarm_device"]
+
+    def rule(db: Session, tenant: IsolationTenant) -> int:
+        return make_rule(db, tenant.enterprise_id, device_id=device(db, tenant)).id
+
+    def alarm(db: Session, tenant: IsolationTenant) -> int:
+        rule_id = rule(db, tenant)
+        change = ConditionChange(rule_id=rule_id, device_id=device(db, tenant), enterprise_id=tenant.enterprise_id,
+                                 active=True, at=1_900_000_000_000, value=99.0, limit=80.0, priority=2,
+                                 message="isolation alarm", key="temp_c", kind="high")
+        return service.apply_condition_changes(db, [change])[0].id
+
+    def channel(db: Session, tenant: IsolationTenant) -> int:
+        ch = NotificationChannel(enterprise_id=tenant.enterprise_id, name="iso", kind="in_app", config={},
+                                 max_priority=4, actions=["alarm"])
+        db.add(ch)
+        db.flush()
+        return ch.id
+
+    register("/api/alarm-rules", bodies={"PATCH /api/alarm-rules/{rule_id}": {"priority": 1}})(rule)
+    register("/api/alarms", bodies={
+        "POST /api/alarms/{alarm_id}/shelve": {"minutes": 5, "reason": "taken over"},
+        "POST /api/alarms/{alarm_id}/comment": {"text": "taken over"},
+    })(alarm)
+    register("/api/notification-channels", bodies={
+        "PATCH /api/notification-channels/{channel_id}": {"name": "taken over"}})(channel)
+
+
+_register_isolation_builders()
