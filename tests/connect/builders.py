@@ -89,3 +89,46 @@ def _register_gateway_builders() -> None:
 
 
 _register_gateway_builders()
+
+
+# --- the isolation test's builders for the connect routes ----------------------------------------
+
+def _register_isolation_builders() -> None:
+    try:
+        from isolation_registry import IsolationTenant, exempt, register
+    except ImportError:  # imported as tests.connect.builders outside the isolation test
+        return
+    from ecoplat.connect.ingest import hash_token
+    from ecoplat.connect.models import Device, DeviceProfile
+
+    def device(db: Session, tenant: IsolationTenant) -> int:
+        if "device" not in tenant.cache:
+            token = secrets.token_urlsafe(15)
+            d = Device(enterprise_id=tenant.enterprise_id, name=f"isolation device {secrets.token_hex(3)}",
+                       token_hash=hash_token(token), token_prefix=token[:6],
+                       equipment_id=tenant.ids.get("equipment"))
+            db.add(d)
+            db.flush()
+            tenant.cache["device"] = d.id
+        return tenant.cache["device"]
+
+    def profile(db: Session, tenant: IsolationTenant) -> int:
+        p = DeviceProfile(enterprise_id=tenant.enterprise_id, name=f"isolation profile {secrets.token_hex(3)}",
+                          telemetry_keys=[{"key": "temperature", "unit": "Cel"}])
+        db.add(p)
+        db.flush()
+        return p.id
+
+    register("/api/devices", bodies={
+        "POST /api/devices/{device_id}/rpc": {"method": "getState", "params": {}, "oneway": True},
+        "POST /api/devices/{device_id}/attributes": {"alarm_ppm": 1.0},
+        "PATCH /api/devices/{device_id}": {"label": "taken over"},
+    })(device)
+    register("/api/device-profiles", bodies={
+        "PATCH /api/device-profiles/{profile_id}": {"description": "taken over"},
+    })(profile)
+    exempt("/api/v1", "the ThingsBoard device API is authenticated by the device token in the path, "
+                      "not by a user of a tenant; tests/connect/test_http_ingest.py covers unknown tokens")
+
+
+_register_isolation_builders()

@@ -208,8 +208,8 @@ def set_attributes(db: DbSession, actor: CanWrite, device_id: ObjectId, request:
 
 @devices.delete("/{device_id}/attributes", status_code=204)
 def delete_attributes(db: DbSession, actor: CanWrite, device_id: ObjectId, request: Request,
-                      scope: AttributeScope,
-                      keys: Annotated[str, Query(min_length=1, max_length=4000, description="Comma-separated keys.")]
+                      scope: AttributeScope = AttributeScope.server,
+                      keys: Annotated[str, Query(max_length=4000, description="Comma-separated keys.")] = "",
                       ) -> Response:
     wanted = [k.strip() for k in keys.split(",") if k.strip()]
     service.delete_attributes(db, actor=actor, device_id=device_id, scope=scope, keys=wanted, ip=client_ip(request))

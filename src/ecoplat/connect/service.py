@@ -464,6 +464,9 @@ def delete_attributes(db: Session, *, actor: Principal, device_id: int, scope: A
                       keys: list[str], ip: str = "") -> int:
     actor.require("devices:write")
     device = _owned_device(db, actor=actor, device_id=device_id)
+    if not keys:
+        raise Unprocessable("keys: name the attributes to delete (comma-separated)",
+                            errors=[{"field": "keys", "message": "required"}])
     rows = list(db.scalars(select(DeviceAttribute).where(DeviceAttribute.device_id == device.id,
                                                          DeviceAttribute.scope == scope,
                                                          DeviceAttribute.key.in_(keys))).all())
