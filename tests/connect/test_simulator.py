@@ -52,8 +52,8 @@ def test_electrolyzer_stays_in_its_operating_window_without_faults() -> None:
     assert min(temps) >= 85 and max(temps) <= 90
     volts = [v["cell_voltage_v"] for v in series]
     assert min(volts) > 2.9 and max(volts) < 3.2
-    assert {"current_ka", "cell_voltage_v", "anolyte_temp_c", "pressure_diff_kpa", "naoh_pct",
-            "h2_in_cl2_pct"} == set(series[0])
+    assert {"current_ka", "cell_voltage_v", "anolyte_temp_c", "temperature", "anolyte_ph", "pressure_diff_kpa",
+            "naoh_pct", "h2_in_cl2_pct"} == set(series[0])
     # Noise: consecutive samples differ; drift: the hourly means move.
     assert len({round(t, 2) for t in temps[:50]}) > 10
     hour_means = [sum(temps[i:i + 360]) / 360 for i in range(0, 3600, 360)]
@@ -99,6 +99,8 @@ def test_device_kinds_follow_names_and_tokens_file(tmp_path: Path) -> None:
     assert kind_for("Liquid chlorine tank V-301", 0) == "chlorine_tank"
     assert kind_for("Electrolyzer E-101", 2) == "electrolyzer"
     assert [kind_for("x", i) for i in range(3)] == ["electrolyzer", "chlorine_detector", "chlorine_tank"]
+    assert kind_for("A-301 Cl2 detector", 0) == "chlorine_detector"
+    assert kind_for("anything", 0, "liquid_chlorine_tank") == "chlorine_tank"
     path = tmp_path / "devices.json"
     path.write_text(json.dumps([{"id": 1, "name": "Tank 1", "token": "t1", "enterprise": "A"},
                                 {"id": 2, "name": "X", "token": "t2", "enterprise": "A", "kind": "electrolyzer"}]))
@@ -143,7 +145,7 @@ def test_simulator_publishes_to_the_platform_and_values_arrive_in_the_store(
             assert r.status_code == 200, r.text
             return r.json()
 
-        electrolyzer = wait_until(lambda: (lambda v: v if len(v) == 6 else None)(latest("Electrolyzer E-101")),
+        electrolyzer = wait_until(lambda: (lambda v: v if len(v) == 8 else None)(latest("Electrolyzer E-101")),
                                   message="electrolyzer values")
         assert set(electrolyzer) == {s.key for s in DEVICE_KINDS["electrolyzer"]}
         assert 85 <= electrolyzer["anolyte_temp_c"]["value"] <= 90  # type: ignore[operator]

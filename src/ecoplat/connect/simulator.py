@@ -55,9 +55,14 @@ DEVICE_KINDS: dict[str, tuple[SignalSpec, ...]] = {
         SignalSpec(key="current_ka", unit="kA", normal=15.0, noise_sd=0.05, drift_amplitude=0.3,
                    low=0, high=25, decimals=3, fault_step=3.0),
         SignalSpec(key="cell_voltage_v", unit="V", normal=3.05, noise_sd=0.008, drift_amplitude=0.03,
-                   low=0, high=5, decimals=4, fault_step=0.25),
+                   low=0, high=5, decimals=4, fault_step=0.45),
         SignalSpec(key="anolyte_temp_c", unit="Cel", normal=87.5, noise_sd=0.15, drift_amplitude=1.2,
                    low=20, high=110, decimals=2, fault_step=4.0),
+        # Catholyte outlet temperature and anolyte pH: the keys of the demo's electrolyzer profile.
+        SignalSpec(key="temperature", unit="Cel", normal=87.0, noise_sd=0.15, drift_amplitude=1.0,
+                   low=20, high=110, decimals=2, fault_step=4.5),
+        SignalSpec(key="anolyte_ph", unit="[pH]", normal=3.2, noise_sd=0.03, drift_amplitude=0.2,
+                   low=0, high=14, decimals=3, fault_step=1.2),
         SignalSpec(key="pressure_diff_kpa", unit="kPa", normal=2.0, noise_sd=0.03, drift_amplitude=0.2,
                    low=-5, high=10, decimals=3, fault_step=1.5),
         SignalSpec(key="naoh_pct", unit="%", normal=32.0, noise_sd=0.04, drift_amplitude=0.3,
@@ -71,10 +76,10 @@ DEVICE_KINDS: dict[str, tuple[SignalSpec, ...]] = {
     ),
     "chlorine_tank": (
         SignalSpec(key="level_pct", unit="%", normal=62.0, noise_sd=0.1, drift_amplitude=8.0,
-                   drift_period_s=8 * 3600, low=0, high=100, decimals=2, fault_step=10.0),
+                   drift_period_s=8 * 3600, low=0, high=100, decimals=2, fault_step=20.0),
         SignalSpec(key="pressure_kpa", unit="kPa", normal=520.0, noise_sd=1.5, drift_amplitude=25.0,
-                   low=0, high=1600, decimals=1, fault_step=150.0),
-        SignalSpec(key="temperature_c", unit="Cel", normal=18.0, noise_sd=0.1, drift_amplitude=2.0,
+                   low=0, high=1600, decimals=1, fault_step=500.0),
+        SignalSpec(key="temperature", unit="Cel", normal=18.0, noise_sd=0.1, drift_amplitude=2.0,
                    low=-40, high=60, decimals=2, fault_step=8.0),
     ),
 }
@@ -101,10 +106,18 @@ class Fault:
         return self.start_s <= t_s < self.end_s
 
 
-def kind_for(name: str, index: int) -> str:
-    """A device's kind from its name (as demo devices are named), else round robin."""
+# Device types (Device.type) that name a simulated kind.
+TYPE_KINDS = {"membrane_electrolyzer": "electrolyzer", "electrolyzer": "electrolyzer",
+              "chlorine_detector": "chlorine_detector", "liquid_chlorine_tank": "chlorine_tank",
+              "chlorine_tank": "chlorine_tank"}
+
+
+def kind_for(name: str, index: int, device_type: str | None = None) -> str:
+    """A device's kind from its type or name (as demo devices are named), else round robin."""
+    if device_type in TYPE_KINDS:
+        return TYPE_KINDS[device_type]
     lowered = name.lower()
-    if "detector" in lowered or "gas" in lowered or "ppm" in lowered:
+    if "detector" in lowered or "gas" in lowered or "cl2" in lowered:
         return "chlorine_detector"
     if "tank" in lowered or "storage" in lowered:
         return "chlorine_tank"
@@ -210,7 +223,7 @@ class SimulatedDevice:
 
 
 def load_devices(path: Path, limit: int | None = None) -> list[SimulatedDevice]:
-    """Devices from a tokens file `[{"id", "name", "token", "enterprise", "kind"?}]`."""
+    """Devices from a tokens file `[{"id", "name", "token", "enterprise", "type"?, "kind"?}]`."""
     raw = json.loads(Path(path).read_text())
     if not isinstance(raw, list):
         raise ValueError(f"{path}: expected a JSON list of devices")
@@ -219,7 +232,7 @@ def load_devices(path: Path, limit: int | None = None) -> list[SimulatedDevice]:
         if not isinstance(d, dict) or not d.get("token"):
             raise ValueError(f"{path}: entry {i} has no token")
         name = str(d.get("name") or f"device-{i + 1}")
-        kind = d.get("kind") if d.get("kind") in DEVICE_KINDS else kind_for(name, i)
+        kind = d.get("kind") if d.get("kind") in DEVICE_KINDS else kind_for(name, i, d.get("type"))
         out.append(SimulatedDevice(name=name, token=str(d["token"]), kind=kind))
     return out[:limit] if limit is not None else out
 
