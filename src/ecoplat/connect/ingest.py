@@ -312,17 +312,26 @@ class IngestPipeline:
         with self._cond:
             self._queued_points -= total
             self._cond.notify_all()
+        # One wake-up per event loop per batch, not one per submission: waking a loop costs a
+        # syscall, and a batch may carry thousands of MQTT messages.
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for item in batch:
             if item.future is not None and item.loop is not None:
-                with contextlib.suppress(RuntimeError):  # the submitter's loop is closed
-                    item.loop.call_soon_threadsafe(_resolve, item.future, error)
+                futures = by_loop.get(item.loop)
+                if futures is None:
+                    by_loop[item.loop] = futures = []
+                futures.append(item.future)
             if item.done is not None:
                 item.error = error
                 item.done.set()
-        loops = {item.loop for item in batch if item.loop is not None}
-        for loop in loops:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._signal_space)
+        for loop, futures in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the submitter's loop is closed
+                loop.call_soon_threadsafe(self._resolve_all, futures, error)
+
+    def _resolve_all(self, futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+        for future in futures:
+            _resolve(future, error)
+        self._signal_space()
 
     def _signal_space(self) -> None:
         if self._space is not None:
