@@ -161,3 +161,9 @@ def device_revoke(request: Request, db: DbSession, principal: PagePrincipal, dev
     device = service.revoke_token(db, actor=principal, device_id=_check_id(device_id), ip=_ip(request))
     _credentials_changed(request, device.id, device.enterprise_id)
     return RedirectResponse(f"/devices/{device.id}", status_code=303)
+
+
+# Gateways (engineer "gateways"): the connectors page at /connectors.
+from ecoplat.connect.gateways.pages import router as connectors_pages  # noqa: E402
+
+router.include_router(connectors_pages)
