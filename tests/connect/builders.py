@@ -48,11 +48,12 @@ def make_enterprise(db: Session, *, name: str = "Bohai Chlor-Alkali", size: Size
     return ent
 
 
-def make_actor(db: Session, *, enterprise_id: int | None = None, role: Role = Role.enterprise_admin) -> Actor:
+def make_actor(db: Session, *, enterprise_id: int | None = None, role: Role = Role.enterprise_admin,
+               locale: str = "en") -> Actor:
     if enterprise_id is None:
         enterprise_id = make_enterprise(db).id
     user = User(enterprise_id=enterprise_id, email=f"{role.value}-{secrets.token_hex(5)}@example.com",
-                password_hash=_password_hash(), roles=[role.value])
+                password_hash=_password_hash(), roles=[role.value], locale=locale)
     db.add(user)
     db.flush()
     token = issue_tokens(user, secret=SECRET, access_minutes=60, refresh_days=1)["access_token"]

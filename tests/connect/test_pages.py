@@ -87,3 +87,13 @@ def test_device_page_shows_attributes_and_counters(client, db: Session):
 def test_signed_out_visitors_are_sent_to_login(client):
     r = client.get("/devices", follow_redirects=False)
     assert r.status_code in (302, 303) and "/login" in r.headers["location"]
+
+
+def test_device_pages_speak_chinese(client, db: Session):
+    admin = make_actor(db, locale="zh_CN")
+    device = client.post("/api/devices", json={"name": "E-101 电解槽"}, headers=admin.headers).json()
+    _signed_in(client, admin)
+    listing = client.get("/devices").text
+    assert "<h1>设备</h1>" in listing and "离线" in listing and "E-101 电解槽" in listing
+    page = client.get(f"/devices/{device['id']}").text
+    assert "更换令牌" in page and "按原因统计的错误" in page and "Rotate token" not in page
