@@ -73,7 +73,7 @@ class BrowseIn(BaseModel):
     node_id: str | None = Field(default=None, max_length=500, description="Node to list children of; default the Objects folder.")
     username: str | None = Field(default=None, max_length=200)
     password: str | None = Field(default=None, max_length=200)
-    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    timeout_s: float = Field(default=5.0, gt=0, le=15)
 
 
 class BrowseNodeOut(BaseModel):
