@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from tests.connect.conftest import seed
 
 from ecoplat.connect.ingest import ERROR_LOG_PER_DEVICE, IngestPipeline, hash_token
-from ecoplat.connect.models import Device, DeviceErrorLog, DeviceReject
+from ecoplat.connect.models import Device, DeviceErrorLog, DeviceProfile, DeviceReject
 from ecoplat.db import Database
 from ecoplat.events import EventBus
 from ecoplat.telemetry.points import Point
@@ -211,3 +211,28 @@ def test_rpc_round_trip_and_timeout(pipeline: IngestPipeline, real_db: Database)
 
     asyncio.run(go())
     assert pipeline.rpc_response(device_id, 999, "late") is False
+
+
+def test_devices_are_announced_online_and_offline_after_their_profiles_timeout(pipeline: IngestPipeline,
+                                                                              real_db: Database):
+    tenant = seed(real_db, "cl2-1", "tank-1")
+    cl2, tank = tenant.devices["cl2-1"][0], tenant.devices["tank-1"][0]
+    with real_db.session() as s:
+        profile = DeviceProfile(enterprise_id=tenant.enterprise_id, name="fast detector", inactivity_timeout_s=1)
+        s.add(profile)
+        s.flush()
+        s.execute(update(Device).where(Device.id == cl2).values(profile_id=profile.id))
+    statuses = []
+    pipeline.events.add_listener("device.", lambda e: statuses.append((e.topic, e.data["status"])))
+
+    async def go() -> None:
+        await pipeline.submit([Point(cl2, "cl2_ppm", 1, 0.1), Point(tank, "level_pct", 1, 50)],
+                              enterprise_id=tenant.enterprise_id)
+        await pipeline.submit([Point(cl2, "cl2_ppm", 2, 0.2)], enterprise_id=tenant.enterprise_id)
+
+    asyncio.run(go())
+    ent = tenant.enterprise_id
+    assert sorted(statuses) == [(f"device.{ent}.{cl2}", "online"), (f"device.{ent}.{tank}", "online")]
+    time.sleep(1.3)
+    assert pipeline.sweep_presence() == [cl2]  # the tank's profile-less default is 10 minutes
+    assert statuses[-1] == (f"device.{ent}.{cl2}", "offline")

@@ -35,6 +35,7 @@ from ecoplat.connect.models import (
     Device,
     DeviceAttribute,
     DeviceErrorLog,
+    DeviceProfile,
     DeviceReject,
 )
 from ecoplat.db import Database, utcnow
@@ -50,6 +51,11 @@ ERROR_LOG_PER_DEVICE = 50
 # One log line per (device, reason) per this many seconds, whatever the reject rate.
 REJECT_LOG_INTERVAL_S = 10.0
 REJECT_FLUSH_INTERVAL_S = 1.0
+# How often the writer looks for devices that went quiet longer than their profile's
+# inactivity timeout (they are then announced offline on device.<enterprise>.<device>).
+PRESENCE_SWEEP_S = 5.0
+TIMEOUT_CACHE_S = 60.0
+DEFAULT_INACTIVITY_TIMEOUT_S = 600
 # Unknown tokens are remembered briefly so a misconfigured device cannot hammer the database.
 NEGATIVE_CACHE_S = 5.0
 # After a rotation or revocation, lookups of that device skip the cache until the change has
@@ -134,6 +140,13 @@ class IngestPipeline:
 
         self._activity: dict[int, str] = {}
         self._activity_messages: dict[int, int] = {}
+
+        # device → (enterprise, monotonic time last seen) for the devices currently online
+        self._presence: dict[int, tuple[int, float]] = {}
+        self._presence_lock = threading.Lock()
+        self._timeouts: dict[int, int] = {}
+        self._timeouts_loaded_at = time.monotonic()
+        self._last_presence_sweep = time.monotonic()
 
         self._rpc_ids = itertools.count(1)
         self._rpc_waiters: dict[tuple[int, int], tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
@@ -258,6 +271,8 @@ class IngestPipeline:
             if time.monotonic() - self._last_reject_flush >= REJECT_FLUSH_INTERVAL_S:
                 self._flush_activity()
                 self.flush_rejects()
+            if time.monotonic() - self._last_presence_sweep >= PRESENCE_SWEEP_S:
+                self.sweep_presence()
             with self._cond:
                 if self._stopping and not self._items:
                     break
@@ -307,6 +322,45 @@ class IngestPipeline:
         for (device_id, ts), values in latest.items():
             publish(f"telemetry.{enterprise_of[device_id]}.{device_id}",
                     {"device_id": device_id, "ts": ts, "values": values})
+        seen_at = time.monotonic()
+        presence = self._presence
+        with self._presence_lock:
+            came_online = [(d, ent) for d, ent in enterprise_of.items() if d not in presence]
+            for device_id, ent in enterprise_of.items():
+                presence[device_id] = (ent, seen_at)
+        for device_id, ent in came_online:
+            publish(f"device.{ent}.{device_id}", {"device_id": device_id, "status": "online", "ts": now_ms()})
+
+    def sweep_presence(self) -> list[int]:
+        """Announces devices silent for longer than their profile's inactivity timeout as
+        offline (event device.<enterprise>.<device>, status "offline"); returns their ids."""
+        now = time.monotonic()
+        self._last_presence_sweep = now
+        if now - self._timeouts_loaded_at > TIMEOUT_CACHE_S:
+            self._timeouts.clear()  # profiles may have changed their timeout
+            self._timeouts_loaded_at = now
+        unknown = [d for d in self._presence if d not in self._timeouts]
+        if unknown:
+            try:
+                with self.database.session() as db:
+                    rows = db.execute(select(Device.id, DeviceProfile.inactivity_timeout_s)
+                                      .outerjoin(DeviceProfile, DeviceProfile.id == Device.profile_id)
+                                      .where(Device.id.in_(unknown))).all()
+            except Exception:
+                log.exception("reading inactivity timeouts failed")
+                return []
+            for device_id, timeout in rows:
+                self._timeouts[device_id] = timeout or DEFAULT_INACTIVITY_TIMEOUT_S
+        gone: list[tuple[int, int]] = []
+        with self._presence_lock:
+            for device_id, (ent, seen_at) in list(self._presence.items()):
+                if now - seen_at > self._timeouts.get(device_id, DEFAULT_INACTIVITY_TIMEOUT_S):
+                    del self._presence[device_id]
+                    gone.append((device_id, ent))
+        for device_id, ent in gone:
+            self.events.publish(f"device.{ent}.{device_id}",
+                                {"device_id": device_id, "status": "offline", "ts": now_ms()})
+        return [device_id for device_id, _ in gone]
 
     def _finish(self, batch: list[_Submission], total: int, *, error: BaseException | None) -> None:
         with self._cond:
