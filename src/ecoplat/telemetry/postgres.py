@@ -88,6 +88,7 @@ class PostgresTelemetryStore(SqlTelemetryStore):
         self._pool = ConnectionPool(conninfo, min_size=1, max_size=max_connections, open=True,
                                     kwargs={"autocommit": False}, name="ecoplat-telemetry")
         self._partitions: set[int] = set()
+        self._staged_pids: set[int] = set()  # sessions that already have the staging table
         self._partitions_lock = threading.Lock()
         self._load_partitions()
 
@@ -150,16 +151,20 @@ class PostgresTelemetryStore(SqlTelemetryStore):
             try:
                 rows = self._stage_rows(conn, points, enterprise_of)
                 self._ensure_partitions({week_start(r[2]) for r in rows})
-                conn.execute(_STAGE)
+                pid = conn.info.backend_pid
+                if pid not in self._staged_pids:
+                    conn.execute(_STAGE)
+                    self._staged_pids.add(pid)
+                # Repeats of a (series, ts) inside the batch need the slower, deduplicating path.
+                unique = len({(r[1], r[2]) for r in rows}) == len(rows)
                 with conn.cursor() as cur:
                     with cur.copy("COPY telemetry_stage (seq, series_id, ts, v_num, v_str) FROM STDIN") as copy:
                         for row in rows:
                             copy.write_row(row)
-                    cur.execute(
-                        f"WITH d AS ({_DEDUP}), ins AS (INSERT INTO telemetry_raw (series_id, ts, v_num, v_str) "
-                        f"SELECT * FROM d ON CONFLICT (series_id, ts) DO NOTHING RETURNING 1) "
-                        f"SELECT count(*) FROM ins")
-                    inserted = cur.fetchone()[0]  # type: ignore[index]
+                    inserted = cur.execute(
+                        "INSERT INTO telemetry_raw (series_id, ts, v_num, v_str) "
+                        "SELECT series_id, ts, v_num, v_str FROM telemetry_stage "
+                        "ON CONFLICT (series_id, ts) DO NOTHING").rowcount if unique else -1
                     if inserted == len(rows):
                         cur.execute(_fold("telemetry_agg_1m", MINUTE_MS))
                         cur.execute(_fold("telemetry_agg_1h", HOUR_MS))

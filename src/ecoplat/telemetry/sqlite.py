@@ -63,6 +63,9 @@ class SqliteTelemetryStore(SqlTelemetryStore):
         super().__init__()
         self.path = path
         self._conn = _connect(path)
+        # Checkpoint less often than every 1000 pages: a batch dirties a page per active series,
+        # and each checkpoint syncs the database file.
+        self._conn.execute("PRAGMA wal_autocheckpoint=10000")
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
