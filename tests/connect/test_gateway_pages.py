@@ -79,3 +79,12 @@ def test_another_tenant_cannot_act_on_a_connector(client: TestClient, db: Sessio
     assert r.status_code == 404
     db.refresh(row)
     assert row.enabled is True
+
+
+def test_device_page_links_to_its_connectors(client: TestClient, db: Session) -> None:
+    admin = make_actor(db)
+    device = make_device(db, admin.enterprise_id)
+    _sign_in(client, admin)
+    r = client.get(f"/devices/{device.id}")
+    assert r.status_code == 200, r.text
+    assert f'href="/connectors?device_id={device.id}"' in r.text
