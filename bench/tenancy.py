@@ -137,9 +137,13 @@ class _ListWalk:
 
 
 async def _http_load(spec: dict[str, Any]) -> dict[str, Any]:
-    """Fixed concurrency, closed loop: each client sends its next request when the last one is
-    answered. aiohttp rather than httpx here: it costs the client several times less CPU per
-    request, which matters when client and server share two cores."""
+    """Closed loop by default (fixed concurrency: each client sends its next request when its
+    last one is answered); with spec["rate"], open loop: requests leave on a fixed schedule
+    whatever the server does, and latency counts from the scheduled time, so a stalled server
+    cannot hide its queue (no coordinated omission).
+
+    aiohttp rather than httpx: it costs the client several times less CPU per request, which
+    matters when client and server share two cores."""
     import aiohttp
 
     rec = Recorder()
@@ -147,71 +151,107 @@ async def _http_load(spec: dict[str, Any]) -> dict[str, Any]:
     endpoints: list[str] = spec["endpoints"]
     headers = {"Authorization": f"Bearer {spec['token']}"} if spec.get("token") else {}
     concurrency = int(spec["concurrency"])
+    rate = float(spec.get("rate") or 0)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     record_from = t0 + float(spec.get("warmup_s", 0))
     stop_at = record_from + float(spec["duration_s"])
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    max_in_flight = 256 if rate else concurrency
+    connector = aiohttp.TCPConnector(limit=max_in_flight)
     timeout = aiohttp.ClientTimeout(total=30)
+    # List walks not in use; a request takes one, pages once, and puts it back.
+    walks = [_ListWalk(spec["starts"], random.Random(rng.random()))
+             for _ in range(concurrency)] if "list" in endpoints else []
+    prng = random.Random(rng.random())
 
     async with aiohttp.ClientSession(spec["base_url"], headers=headers, connector=connector,
                                      timeout=timeout) as client:
 
-        async def worker(idx: int) -> None:
-            walk = _ListWalk(spec["starts"], random.Random(rng.random())) if "list" in endpoints else None
-            wrng = random.Random(rng.random())
-            i = idx
-            while True:
-                now = loop.time()
-                if now >= stop_at:
-                    return
-                ep = endpoints[i % len(endpoints)]
-                i += 1
-                params: dict[str, Any] = {}
-                if ep == "list":
-                    assert walk is not None
-                    params = {"limit": PAGE_SIZE}
-                    if walk.cursor:
-                        params["cursor"] = walk.cursor
-                    path = "/api/enterprises"
-                elif ep == "search":
-                    params = {"q": wrng.choice(spec["search_terms"]), "limit": PAGE_SIZE}
-                    path = "/api/enterprises"
-                elif ep == "detail":
-                    path = f"/api/enterprises/{wrng.randint(1, spec['max_id'])}"
-                else:
-                    path = spec["paths"][ep]
-                started = time.perf_counter()
-                try:
-                    async with client.get(path, params=params) as r:
-                        body = await r.read()
-                        status = r.status
-                    elapsed = time.perf_counter() - started
-                except (aiohttp.ClientError, TimeoutError) as e:
-                    if now >= record_from:
-                        rec.fail(ep, f"{type(e).__name__}: {e}")
-                    continue
-                if status != 200:
-                    if now >= record_from:
-                        rec.fail(ep, f"HTTP {status} {path} {params}: {body[:200]!r}")
-                    if walk is not None and ep == "list":
+        async def one(ep: str, sent_at: float) -> None:
+            """One request; sent_at is when it was due (loop time)."""
+            walk = None
+            params: dict[str, Any] = {}
+            if ep == "list":
+                walk = walks.pop() if walks else _ListWalk(spec["starts"], random.Random(prng.random()))
+                params = {"limit": PAGE_SIZE}
+                if walk.cursor:
+                    params["cursor"] = walk.cursor
+                path = "/api/enterprises"
+            elif ep == "search":
+                params = {"q": prng.choice(spec["search_terms"]), "limit": PAGE_SIZE}
+                path = "/api/enterprises"
+            elif ep == "detail":
+                path = f"/api/enterprises/{prng.randint(1, spec['max_id'])}"
+            else:
+                path = spec["paths"][ep]
+            started = time.perf_counter() - (loop.time() - sent_at)
+            measured = sent_at >= record_from
+            try:
+                async with client.get(path, params=params) as r:
+                    body = await r.read()
+                    status = r.status
+                elapsed = time.perf_counter() - started
+            except (aiohttp.ClientError, TimeoutError) as e:
+                if measured:
+                    rec.fail(ep, f"{type(e).__name__}: {e}")
+                if walk is not None:
+                    walks.append(walk)
+                return
+            rec.answered_total += 1
+            if status != 200:
+                if measured:
+                    rec.fail(ep, f"HTTP {status} {path} {params}: {body[:200]!r}")
+                if walk is not None:
+                    walk.restart()
+                    walks.append(walk)
+                return
+            rows = 1
+            if ep in ("list", "search"):
+                page = orjson.loads(body)
+                rows = len(page["items"])
+                if walk is not None:
+                    walk.depth += rows
+                    rec.max_depth_rows = max(rec.max_depth_rows, walk.depth)
+                    walk.cursor = page.get("next_cursor")
+                    if not walk.cursor:
                         walk.restart()
-                    continue
-                rec.answered_total += 1
-                rows = 1
-                if ep in ("list", "search"):
-                    page = orjson.loads(body)
-                    rows = len(page["items"])
-                    if ep == "list" and walk is not None:
-                        walk.depth += rows
-                        rec.max_depth_rows = max(rec.max_depth_rows, walk.depth)
-                        walk.cursor = page.get("next_cursor")
-                        if not walk.cursor:
-                            walk.restart()
-                if now >= record_from:
-                    rec.ok(ep, elapsed, rows)
+                    walks.append(walk)
+            if measured:
+                rec.ok(ep, elapsed, rows)
 
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        async def closed_loop_client(idx: int) -> None:
+            i = idx
+            while (now := loop.time()) < stop_at:
+                await one(endpoints[i % len(endpoints)], now)
+                i += 1
+
+        async def open_loop() -> None:
+            gate = asyncio.Semaphore(max_in_flight)
+            tasks: set[asyncio.Task[None]] = set()
+            k = 0
+
+            async def gated(ep: str, due: float) -> None:
+                async with gate:
+                    await one(ep, due)
+
+            while True:
+                due = t0 + k / rate
+                if due >= stop_at:
+                    break
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(gated(endpoints[k % len(endpoints)], due))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                k += 1
+            if tasks:
+                await asyncio.gather(*tasks)
+
+        if rate:
+            await open_loop()
+        else:
+            await asyncio.gather(*(closed_loop_client(k) for k in range(concurrency)))
     return rec.summary(float(spec["duration_s"]))
 
 
@@ -503,14 +543,16 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict
         data_dir = workdir / f"var-{backend}"
         data_dir.mkdir(exist_ok=True)
         base_url = f"http://127.0.0.1:{port}"
-        common = {"concurrency": args.concurrency, "seed": 7, "search_terms": terms,
+        common = {"concurrency": args.concurrency, "rate": args.rate, "seed": 7, "search_terms": terms,
                   "max_id": args.enterprises}
         with platform_server(db_url, port, data_dir) as server:
             token = sign_in(base_url, seeded.admin_email, seeded.admin_password)
             console.print("walking the list once to spread start points over every depth …")
             starts = collect_start_points(base_url, token)
-            console.print(f"load: {args.concurrency} concurrent clients, {args.duration} s "
-                          f"(+{args.warmup} s warm-up), list/search/detail in equal shares")
+            shape = (f"{args.rate:g} requests/s on a fixed schedule" if args.rate
+                     else f"{args.concurrency} concurrent clients")
+            console.print(f"load: {shape}, {args.duration} s (+{args.warmup} s warm-up), "
+                          "list/search/detail in equal shares")
             cpu_before = process_cpu_s(server.pid)
             api = run_loadgen({**common, "mode": "http", "base_url": base_url, "token": token,
                                "endpoints": list(ENDPOINTS), "starts": starts,
@@ -613,7 +655,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--baseline-duration", type=float, default=None,
                    help="seconds for each baseline (default: half of --duration, at least 2)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load first")
-    p.add_argument("--concurrency", type=int, default=4, help="concurrent clients of the load generator")
+    p.add_argument("--concurrency", type=int, default=4,
+                   help="concurrent clients of the load generator (closed loop), and of the DB baseline")
+    p.add_argument("--rate", type=float, default=None,
+                   help="open loop instead: this many requests per second in total on a fixed schedule "
+                        "(latency counted from the scheduled time)")
     p.add_argument("--postgres-admin-url",
                    default=os.environ.get("ECOPLAT_TEST_POSTGRES_URL", DEFAULT_POSTGRES_ADMIN_URL),
                    help="a PostgreSQL database to create and drop the benchmark database from")
@@ -621,6 +667,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.baseline_duration is None:
         args.baseline_duration = max(2.0, args.duration / 2)
+    if args.rate is not None and args.rate <= 0:
+        p.error("--rate must be positive")
     if args.enterprises < 1 or args.users_per_enterprise < 1 or args.concurrency < 1 or args.duration <= 0:
         p.error("--enterprises, --users-per-enterprise and --concurrency must be at least 1, --duration positive")
     return args
@@ -650,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
         "enterprises": args.enterprises,
         "users_per_enterprise": args.users_per_enterprise,
         "concurrency": args.concurrency,
+        "rate_rps": args.rate,
+        "load": "open loop, fixed rate" if args.rate else "closed loop, fixed concurrency",
         "duration_s": args.duration,
         "target_p95_ms": TARGET_P95_MS,
         "backends": results,
