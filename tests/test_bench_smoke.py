@@ -14,6 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENDPOINTS = ("list", "search", "detail")
+# Starts three servers and two load generators: a few tens of seconds, not a unit test.
+pytestmark = pytest.mark.slow
+
 FIGURES = ("count", "errors", "p50_ms", "p95_ms", "p99_ms", "max_ms", "throughput_rps")
 
 
