@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 
-from ecoplat.api_common import ObjectId, client_ip
+from ecoplat.api_common import NoNul, ObjectId, client_ip
 from ecoplat.db import DbSession
 from ecoplat.errors import problem
 from ecoplat.pagination import Page, PageQuery
@@ -53,7 +53,7 @@ from ecoplat.tenancy.schemas import (
     WorkstationUpdate,
 )
 
-Search = Annotated[str | None, Query(max_length=200, description="Text search (case-insensitive substring).")]
+Search = Annotated[str | None, Query(max_length=200, description="Text search (case-insensitive substring)."), NoNul]
 Cascade = Annotated[bool, Query(description="Also delete everything below this object.")]
 FilterId = Annotated[int | None, Query(ge=1, le=2_147_483_647)]
 
@@ -120,7 +120,7 @@ def _ecosystem_outs(db: DbSession, rows: list) -> list[EcosystemOut]:  # type: i
 
 @ecosystems.get("", response_model=Page[EcosystemOut])
 def list_ecosystems(db: DbSession, actor: CurrentPrincipal, page: PageQuery, q: Search = None,
-                    industry: Annotated[str | None, Query(max_length=100)] = None) -> Page[EcosystemOut]:
+                    industry: Annotated[str | None, Query(max_length=100), NoNul] = None) -> Page[EcosystemOut]:
     rows, cursor = service.list_ecosystems(db, actor=actor, page=page, q=q, industry=industry)
     return Page(items=_ecosystem_outs(db, rows), next_cursor=cursor)
 
@@ -155,7 +155,7 @@ def delete_ecosystem(request: Request, db: DbSession, actor: CurrentPrincipal, e
 @enterprises.get("", response_model=Page[EnterpriseOut])
 def list_enterprises(
     db: DbSession, actor: CurrentPrincipal, page: PageQuery, q: Search = None,
-    country: Annotated[str | None, Query(min_length=2, max_length=2, description="ISO 3166-1 alpha-2")] = None,
+    country: Annotated[str | None, Query(min_length=2, max_length=2, description="ISO 3166-1 alpha-2"), NoNul] = None,
     size_class: SizeClass | None = None,
     isic_class: Annotated[str | None, Query(pattern=r"^[0-9]{4}$")] = None,
     ecosystem_id: FilterId = None,
@@ -323,7 +323,7 @@ def delete_workstation(request: Request, db: DbSession, actor: CurrentPrincipal,
 def list_equipment(db: DbSession, actor: CurrentPrincipal, page: PageQuery, q: Search = None,
                    site_id: FilterId = None, area_id: FilterId = None, line_id: FilterId = None,
                    workstation_id: FilterId = None,
-                   equipment_type_iri: Annotated[str | None, Query(max_length=500)] = None) -> Page[EquipmentOut]:
+                   equipment_type_iri: Annotated[str | None, Query(max_length=500), NoNul] = None) -> Page[EquipmentOut]:
     rows, cursor = service.list_equipment(db, actor=actor, page=page, q=q, site_id=site_id, area_id=area_id,
                                           line_id=line_id, workstation_id=workstation_id,
                                           equipment_type_iri=equipment_type_iri)
@@ -425,10 +425,10 @@ def revoke_api_key(request: Request, db: DbSession, actor: CurrentPrincipal, api
 @audit_events.get("", response_model=Page[AuditEventOut])
 def list_audit_events(
     db: DbSession, actor: CurrentPrincipal, page: PageQuery,
-    entity_type: Annotated[str | None, Query(max_length=64)] = None,
-    entity_id: Annotated[str | None, Query(max_length=64)] = None,
-    action: Annotated[str | None, Query(max_length=32)] = None,
-    actor_label: Annotated[str | None, Query(alias="actor", max_length=320)] = None,
+    entity_type: Annotated[str | None, Query(max_length=64), NoNul] = None,
+    entity_id: Annotated[str | None, Query(max_length=64), NoNul] = None,
+    action: Annotated[str | None, Query(max_length=32), NoNul] = None,
+    actor_label: Annotated[str | None, Query(alias="actor", max_length=320), NoNul] = None,
     since: datetime | None = None, until: datetime | None = None, enterprise_id: FilterId = None,
 ) -> Page[AuditEventOut]:
     rows, cursor = service.list_audit_events(db, actor=actor, page=page, entity_type=entity_type,

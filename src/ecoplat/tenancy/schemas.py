@@ -9,8 +9,17 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 import pycountry
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
+from ecoplat.api_common import no_nul
 from ecoplat.tenancy.models import MembershipRole, Role, SizeClass
 
 LOCALES = ("en", "zh_CN")
@@ -81,6 +90,11 @@ Longitude = Annotated[float, Field(ge=-180, le=180)]
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return no_nul(value)
 
 
 class _Out(BaseModel):

@@ -154,7 +154,8 @@ def login(db: Session, *, email: str, password: str, settings: Settings, ip: str
     """Checks a password sign-in. Returns instead of raising so that the failure counter the
     caller's unit of work holds is committed (an exception would roll it back)."""
     now = utcnow()
-    user = db.scalar(select(User).where(User.email == email.strip().lower()))
+    # A NUL cannot be in any stored e-mail (and PostgreSQL refuses it in a query).
+    user = None if "\x00" in email else db.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None:
         verify_password(_dummy_hash(), password)
         return LoginResult(status=401, detail="Wrong e-mail or password.")
