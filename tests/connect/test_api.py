@@ -237,3 +237,4 @@ def test_oneway_rpc_is_published_for_the_transport(client, db: Session, app):
     assert r.status_code == 202
     assert sent[0][0] == f"rpc.{admin.enterprise_id}.{device['id']}"
     assert sent[0][1]["method"] == "setValve" and sent[0][1]["params"] == {"open": True}
+    assert sent[0][1]["id"] == r.json()["id"] and r.json()["id"] > 0

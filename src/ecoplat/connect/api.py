@@ -3,6 +3,7 @@ provisioning and claiming; the ThingsBoard HTTP device API is mounted from conne
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
@@ -235,12 +236,13 @@ async def rpc(actor: CanWrite, device_id: ObjectId, data: RpcIn, request: Reques
 
     dev_id, enterprise_id = await run_in_threadpool(_check)
     events = request.app.state.events
-    if data.oneway:
-        events.publish(f"rpc.{enterprise_id}.{dev_id}", {"id": 0, "method": data.method, "params": data.params,
-                                                        "device_id": dev_id, "oneway": True})
-        return Response(status_code=202, content=RpcOut(delivered=False).model_dump_json(),
-                        media_type="application/json")
     pipeline = getattr(request.app.state, "ingest", None)
+    if data.oneway:
+        request_id = pipeline.next_rpc_id() if pipeline is not None else secrets.randbelow(2**31 - 1) + 1
+        events.publish(f"rpc.{enterprise_id}.{dev_id}", {"id": request_id, "method": data.method,
+                                                        "params": data.params, "device_id": dev_id, "oneway": True})
+        return Response(status_code=202, content=RpcOut(id=request_id, delivered=False).model_dump_json(),
+                        media_type="application/json")
     if pipeline is None:
         raise ServiceUnavailable("Device messaging is not running on this server.")
     try:

@@ -652,6 +652,10 @@ class IngestPipeline:
         finally:
             self._rpc_waiters.pop((device_id, request_id), None)
 
+    def next_rpc_id(self) -> int:
+        """A request id for a one-way RPC (no answer awaited), unique in this process."""
+        return next(self._rpc_ids)
+
     def rpc_response(self, device_id: int, request_id: int, response: Any) -> bool:
         """Delivers a device's answer to a waiting call_rpc(); safe from any thread. False when
         nobody waits for it (timed out already, or unknown id)."""
