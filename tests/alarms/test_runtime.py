@@ -15,6 +15,7 @@ from ecoplat.telemetry.points import Point
 
 from .builders import Plant, make_plant, make_rule
 from .conftest import Pipeline
+from .scenarios import SCENARIOS, Scenario
 
 T0 = 1_900_000_000_000  # a fixed instant (2030) so the expected timestamps are literal
 
@@ -53,22 +54,32 @@ def _seq(history: list[tuple[int, str, str, str, int]]) -> list[tuple[str, str, 
     return [(h[1], h[3], h[4]) for h in history]
 
 
-def test_high_limit_with_deadband_on_and_off_delay_through_ingest(pipeline: Pipeline) -> None:
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+def test_every_rule_kind_gives_the_exact_transitions_through_ingest(pipeline: Pipeline, scenario: Scenario) -> None:
     plant = _plant(pipeline)
-    rule = _rule(pipeline, plant, kind="high", key="temp_c", params={"limit": 80, "unit": "Cel"}, deadband=2,
-                 on_delay_s=2, off_delay_s=3, message_template="{device} {key} {value} > {limit} {unit}")
-    _push(pipeline, plant, [(0, "temp_c", 79.0), (1000, "temp_c", 81.0), (2000, "temp_c", 82.0),
-                            (3000, "temp_c", 83.0), (4000, "temp_c", 79.0),  # inside the deadband
-                            (5000, "temp_c", 77.0), (6000, "temp_c", 77.5), (7000, "temp_c", 77.0),
-                            (8000, "temp_c", 76.0)])
-    # on-delay: above since 1 s, holds 2 s → 3 s; off-delay: below 78 since 5 s, 3 s → 8 s.
-    assert _seq(_history(pipeline, rule)) == [("alarm", "unacknowledged", 3000),
-                                              ("return_to_normal", "rtn_unacknowledged", 8000)]
+    rules = [_rule(pipeline, plant, **r) for r in scenario.rules]
+    ticks = list(scenario.ticks)
+    for sample in scenario.samples:
+        while ticks and ticks[0] < sample[0]:
+            pipeline.alarms.tick(T0 + ticks.pop(0))
+        _push(pipeline, plant, [sample])
+    for tick in ticks:
+        pipeline.alarms.tick(T0 + tick)
+    pipeline.alarms.drain()
+    assert [_seq(_history(pipeline, r)) for r in rules] == scenario.expected
+
+
+def test_alarm_events_carry_the_api_representation(pipeline: Pipeline) -> None:
+    plant = _plant(pipeline)
+    _rule(pipeline, plant, kind="high", key="temp_c", params={"limit": 80, "unit": "Cel"},
+          message_template="{device} {key} {value} > {limit} {unit}")
+    _push(pipeline, plant, [(0, "temp_c", 83.0), (1000, "temp_c", 70.0)])
     events = pipeline.alarm_events(plant.enterprise_id)
     assert [(e.data["transition"], e.data["state"]) for e in events] == [
         ("alarm", "unacknowledged"), ("return_to_normal", "rtn_unacknowledged")]
     assert events[0].data["message"] == "E-101 temp_c 83.0 > 80.0 Cel"
     assert events[0].data["site_id"] == plant.site_id and events[0].data["priority"] == 2
+    assert events[0].data["first_triggered_at"].startswith("2030-03-17T17:46:40")
 
 
 @pytest.mark.parametrize("deadband, expected_alarms", [(1.0, 1), (0.0, 6)])
@@ -103,58 +114,6 @@ def test_low_low_limit_and_acknowledge_then_return_to_normal(pipeline: Pipeline)
     assert [(a, to) for a, to, _ in _seq(_history(pipeline, rule))] == [
         ("alarm", "unacknowledged"), ("acknowledge", "acknowledged"), ("return_to_normal", "normal")]
     assert _seq(_history(pipeline, rule))[-1][2] == 3000
-
-
-def test_rate_of_change_through_ingest(pipeline: Pipeline) -> None:
-    plant = _plant(pipeline)
-    rule = _rule(pipeline, plant, kind="rate_of_change", key="temp_c",
-                 params={"limit": 1.0, "per": "second", "window_s": 2}, deadband=0.2)
-    _push(pipeline, plant, [(0, "temp_c", 50.0), (1000, "temp_c", 50.5), (2000, "temp_c", 53.0),
-                            (3000, "temp_c", 55.0), (4000, "temp_c", 56.0), (5000, "temp_c", 56.5),
-                            (6000, "temp_c", 56.6)])
-    # 2 s windows: at 2 s (53-50)/2 = 1.5/s > 1; at 5 s (56.5-55)/2 = 0.75 (≥ 0.8? no) → clear.
-    assert _seq(_history(pipeline, rule)) == [("alarm", "unacknowledged", 2000),
-                                              ("return_to_normal", "rtn_unacknowledged", 5000)]
-
-
-def test_deviation_from_another_key_and_from_setpoint(pipeline: Pipeline) -> None:
-    plant = _plant(pipeline)
-    by_key = _rule(pipeline, plant, kind="deviation", key="flow_pv", params={"reference_key": "flow_sp", "limit": 5})
-    by_sp = _rule(pipeline, plant, kind="deviation", key="flow_pv", params={"setpoint": 50, "limit": 8},
-                  on_delay_s=1)
-    _push(pipeline, plant, [(0, "flow_sp", 50.0), (0, "flow_pv", 51.0), (1000, "flow_pv", 59.0),
-                            (2000, "flow_pv", 59.5), (3000, "flow_sp", 57.0), (4000, "flow_pv", 40.0)])
-    assert _seq(_history(pipeline, by_key)) == [("alarm", "unacknowledged", 1000),
-                                                ("return_to_normal", "rtn_unacknowledged", 3000),
-                                                ("alarm", "unacknowledged", 4000)]
-    assert _seq(_history(pipeline, by_sp)) == [("alarm", "unacknowledged", 2000)]
-
-
-def test_state_match_and_expression_rules(pipeline: Pipeline) -> None:
-    plant = _plant(pipeline)
-    trip = _rule(pipeline, plant, kind="state_match", key="breaker", params={"value": "trip"}, priority=1)
-    expr = _rule(pipeline, plant, kind="expression", key="",
-                 params={"expression": "current_ka > 10 and voltage_v / current_ka > 0.35"}, off_delay_s=1)
-    _push(pipeline, plant, [(0, "breaker", "closed"), (0, "current_ka", 12.0), (0, "voltage_v", 3.6),
-                            (1000, "breaker", "trip"), (1000, "voltage_v", 4.5),
-                            (2000, "voltage_v", 4.0), (3000, "voltage_v", 4.0), (3000, "breaker", "closed")])
-    assert _seq(_history(pipeline, trip)) == [("alarm", "unacknowledged", 1000),
-                                              ("return_to_normal", "rtn_unacknowledged", 3000)]
-    # 4.5/12 = 0.375 > 0.35 at 1 s; 4.0/12 = 0.333 from 2 s, clear for 1 s at 3 s.
-    assert _seq(_history(pipeline, expr)) == [("alarm", "unacknowledged", 1000),
-                                              ("return_to_normal", "rtn_unacknowledged", 3000)]
-
-
-def test_stale_data_alarm_from_the_ticker_clears_with_next_value(pipeline: Pipeline) -> None:
-    plant = _plant(pipeline)
-    rule = _rule(pipeline, plant, kind="stale", key="ppm", params={"seconds": 10})
-    _push(pipeline, plant, [(0, "ppm", 0.4)])
-    pipeline.alarms.tick(T0 + 10_000)
-    pipeline.alarms.tick(T0 + 10_001)
-    pipeline.alarms.drain()
-    _push(pipeline, plant, [(15_000, "ppm", 0.5)])
-    assert _seq(_history(pipeline, rule)) == [("alarm", "unacknowledged", 10_001),
-                                              ("return_to_normal", "rtn_unacknowledged", 15_000)]
 
 
 def test_profile_rule_covers_every_device_and_rule_edits_apply_at_once(pipeline: Pipeline) -> None:

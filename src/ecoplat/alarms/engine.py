@@ -430,6 +430,9 @@ class RuleEngine:
     def rule_count(self) -> int:
         return len(self._rules)
 
+    def has_rule(self, rule_id: int) -> bool:
+        return rule_id in self._rules
+
     @property
     def binding_count(self) -> int:
         return len(self._bindings)
