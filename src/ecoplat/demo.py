@@ -46,6 +46,9 @@ from ecoplat.tenancy.models import (
 log = logging.getLogger(__name__)
 
 CREDENTIALS_FILE = "demo-credentials.json"
+# The argon2 hash seeded for each demo account: when the database still holds it, the printed
+# password is known to match without paying for an argon2 verification per account on restart.
+HASHES_FILE = ".demo-password-hashes.json"
 DEVICES_FILE = "demo-devices.json"
 KG = "https://ecoplat.dev/kg/"
 CA = KG + "chlor-alkali#"
@@ -188,9 +191,10 @@ class DemoResult:
 
 
 class _Seeder:
-    def __init__(self, db: Session) -> None:
+    def __init__(self, db: Session, known_hashes: dict[str, str]) -> None:
         self.db = db
         self.created = 0
+        self.hashes = known_hashes
 
     def _new(self, obj: Any, *, entity_type: str, enterprise_id: int | None) -> Any:
         self.db.add(obj)
@@ -259,15 +263,19 @@ class _Seeder:
         if user is None:
             user = User(enterprise_id=ent.id, email=email, full_name=full_name, roles=roles,
                         password_hash=hash_password(password), locale="en", is_active=True)
-            return self._new(user, entity_type="user", enterprise_id=ent.id)
+            self._new(user, entity_type="user", enterprise_id=ent.id)
+            self.hashes[email] = user.password_hash
+            return user
+        known = self.hashes.get(email) == user.password_hash
         # A data dir that lost its credentials file (or a shared PostgreSQL) gets the password back
         # in step with what is printed, and the account usable again.
-        if not user.is_active or not verify_password(user.password_hash, password):
+        if not user.is_active or not (known or verify_password(user.password_hash, password)):
             user.password_hash = hash_password(password)
             user.is_active = True
             user.failed_login_count = 0
             user.token_version = (user.token_version or 0) + 1
             self.db.flush()
+        self.hashes[email] = user.password_hash
         return user
 
 
@@ -280,9 +288,9 @@ def _plant_chlor_alkali(s: _Seeder, ent: Enterprise, spec: EnterpriseSpec) -> No
             for pos, (ws_code, ws_name) in enumerate(workstations, start=1):
                 s.workstation(ent, line, f"{spec.site_code}-{ws_code}", ws_name, pos)
             for tag, name, iri in equipment:
-                s.equipment(ent, site, f"{spec.site_code}-{tag}", name, iri, area=area, line=line)
+                s.equipment(ent, site, tag, name, iri, area=area, line=line)
     # A site-level utility that sits in no area: the tree shows it directly under the site.
-    s.equipment(ent, site, f"{spec.site_code}-U-001", "Nitrogen supply skid U-001", CA + "NitrogenSupply")
+    s.equipment(ent, site, "U-001", "Nitrogen supply skid U-001", CA + "NitrogenSupply")
 
 
 def _plant_hvac(s: _Seeder, ent: Enterprise, spec: EnterpriseSpec) -> None:
@@ -306,6 +314,17 @@ def _load_passwords(path: Path) -> dict[str, str]:
     except (ValueError, TypeError, KeyError):
         log.warning("ignoring unreadable %s; new demo passwords will be generated", path)
         return {}
+
+
+def _load_hashes(path: Path, passwords: dict[str, str]) -> dict[str, str]:
+    # Without the passwords they were made from, remembered hashes prove nothing.
+    if not path.exists() or not passwords:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in data.items() if k in passwords} if isinstance(data, dict) else {}
 
 
 def _new_password() -> str:
@@ -336,12 +355,14 @@ def seed_demo(settings: Settings, *, database: Database | None = None) -> DemoRe
     data_dir = settings.ensure_data_dir()
     cred_path = data_dir / CREDENTIALS_FILE
     passwords = _load_passwords(cred_path)
+    hashes_path = data_dir / HASHES_FILE
+    known_hashes = _load_hashes(hashes_path, passwords)
     own_db = database is None
     database = database or Database(settings.resolved_database_url)
     result = DemoResult(credentials_path=cred_path)
     try:
         with database.session() as db:
-            s = _Seeder(db)
+            s = _Seeder(db, known_hashes)
             ecosystems = {spec["slug"]: s.ecosystem(spec) for spec in ECOSYSTEMS}
             result.ecosystem_ids = {slug: eco.id for slug, eco in ecosystems.items()}
             for spec in ENTERPRISES:
@@ -365,6 +386,8 @@ def seed_demo(settings: Settings, *, database: Database | None = None) -> DemoRe
     finally:
         if own_db:
             database.dispose()
+    _write_json(hashes_path, {e: h for e, h in known_hashes.items() if e in passwords or
+                              any(a.email == e for a in result.accounts)})
     _write_json(cred_path, [{"email": a.email, "password": a.password, "role": a.role, "enterprise": a.enterprise}
                             for a in result.accounts])
     if result.devices:
@@ -396,9 +419,10 @@ def print_demo_banner(settings: Settings, result: DemoResult, console: Console) 
     url = demo_url(settings)
     table = Table(title="Demo accounts", show_lines=False, header_style="bold")
     table.add_column("Role")
-    # Fold rather than truncate: a cut-off e-mail or password is useless to the reader.
-    table.add_column("E-mail", overflow="fold")
-    table.add_column("Password", overflow="fold", no_wrap=True)
+    # Never wrapped or cut: an e-mail or password split over lines cannot be copied (the table is
+    # printed at least as wide as it needs, even into a pipe or an 80-column log).
+    table.add_column("E-mail", no_wrap=True)
+    table.add_column("Password", no_wrap=True)
     table.add_column("Enterprise")
     for a in result.accounts:
         role = a.role + (" (demo SME admin)" if a.email == DEMO_SME_ADMIN else "")
@@ -410,4 +434,4 @@ def print_demo_banner(settings: Settings, result: DemoResult, console: Console) 
         lines.append(f"Demo devices written to: {result.devices_path}")
     lines.append(f"Sign in as the demo SME admin: {DEMO_SME_ADMIN}")
     console.print(Panel("\n".join(lines), title="Ecoplat demo", expand=False))
-    console.print(table)
+    console.print(table, width=max(console.width, 150))

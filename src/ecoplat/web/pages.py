@@ -321,6 +321,7 @@ def _users_page(request: Request, db: Session, principal: Principal, *, values: 
         "form_error": form_error,
         "notice": notice,
         "can_write": principal.can("users:write"),
+        "grantable": _grantable_roles(principal),
         "role_options": [(r, translate(request, ROLE_LABELS[r])) for r in _grantable_roles(principal)],
         "role_labels": ROLE_LABELS,
         "timezone": ent.timezone if ent else "UTC",
