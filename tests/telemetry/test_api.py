@@ -57,8 +57,11 @@ def test_range_raw_and_aggregated_per_interval(api: ApiEnv) -> None:
                            headers=api.a.admin_headers)
         body = r.json()["temp_c"]
         assert len(body) == 8 and body[0] == {"ts": T0, "value": first}, (agg, body[:2])
-    r = api.client.get(base, params={"start": T0, "end": T0 + 7_200_000, "limit": 5}, headers=api.a.admin_headers)
-    assert len(r.json()["temp_c"]) == 5
+    r = api.client.get(base, params={"start": T0, "end": T0 + 7_200_000, "limit": 2}, headers=api.a.admin_headers)
+    assert r.json()["temp_c"] == [{"ts": T0, "value": 0.0}, {"ts": T0 + 30_000, "value": 1.0}]
+    r = api.client.get(base, params={"start": T0, "end": T0 + 7_200_000, "limit": 2, "order": "desc"},
+                       headers=api.a.admin_headers)
+    assert r.json()["temp_c"] == [{"ts": T0 + 239 * 30_000, "value": 239.0}, {"ts": T0 + 238 * 30_000, "value": 238.0}]
 
 
 def test_another_tenants_device_answers_404_on_every_telemetry_route(api: ApiEnv, live_server: str) -> None:
@@ -82,10 +85,11 @@ def test_bad_ranges_answer_422_naming_the_parameter(api: ApiEnv) -> None:
              ({"start": T0, "end": T0 + 60_000, "interval": "1m", "agg": "median"}, "agg"),
              ({"start": 0, "end": T0, "interval": "1s"}, "interval"),
              ({"start": T0, "end": T0 + 1000, "interval": "10ms"}, "interval"),
-             ({"start": -5, "end": T0}, "start"), ({"limit": 0}, "limit"), ({"limit": 10**7}, "limit")]
+             ({"start": -5, "end": T0}, "start"), ({"limit": 0}, "limit"), ({"limit": 10**7}, "limit"),
+             ({"order": "sideways"}, "order")]
     for params, field in cases:
         for path in ("telemetry", "telemetry.csv"):
-            if path == "telemetry.csv" and field == "limit":
+            if path == "telemetry.csv" and field in ("limit", "order"):
                 continue
             r = api.client.get(f"/api/devices/{dev}/{path}", params=params, headers=api.a.admin_headers)
             assert r.status_code == 422, (params, r.text)

@@ -9,7 +9,7 @@ import csv
 import io
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -113,7 +113,9 @@ def telemetry_keys(request: Request, db: DbSession, actor: CurrentPrincipal, dev
 def telemetry(request: Request, db: DbSession, actor: CurrentPrincipal, device_id: ObjectId,
               keys: Keys = None, start: Start = None, end: End = None, interval: Interval = None,
               agg: Agg = None,
-              limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Raw points per key, oldest first.")] = 1_000,
+              limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Raw points per key.")] = 1_000,
+              order: Annotated[Literal["asc", "desc"], Query(
+                  description="Raw points oldest first (asc), or the most recent `limit` newest first (desc).")] = "asc",
               ) -> dict[str, list[SampleOut]]:
     """Raw points of each key in [start, end), or one value per interval with `interval`+`agg`."""
     start_ms, end_ms = _window(start, end)
@@ -121,7 +123,7 @@ def telemetry(request: Request, db: DbSession, actor: CurrentPrincipal, device_i
     store = _store(request)
     if interval_ms is None:
         raw = service.raw_range(db, actor=actor, store=store, device_id=device_id, keys=_keys(keys),
-                                start_ms=start_ms, end_ms=end_ms, limit=limit)
+                                start_ms=start_ms, end_ms=end_ms, limit=limit, newest_first=order == "desc")
         return {k: [SampleOut(ts=s.ts, value=s.value) for s in v] for k, v in raw.items()}
     how = _agg(agg)
     buckets = service.aggregated(db, actor=actor, store=store, device_id=device_id, keys=_keys(keys),

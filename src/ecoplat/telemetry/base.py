@@ -79,11 +79,12 @@ class SqlTelemetryStore(ABC):
                 if wanted is None or k in wanted}
 
     def range(self, device_id: int, keys: Sequence[str], start_ms: int, end_ms: int,
-              limit: int = 10_000) -> dict[str, list[Sample]]:
-        """Raw points of each key with start <= ts < end, oldest first, at most `limit` per key."""
+              limit: int = 10_000, *, newest_first: bool = False) -> dict[str, list[Sample]]:
+        """Raw points of each key with start <= ts < end, at most `limit` per key: the oldest
+        first, or with newest_first the most recent `limit` points, newest first (charts)."""
         out: dict[str, list[Sample]] = {}
         sql = ("SELECT ts, v_num, v_str FROM telemetry_raw WHERE series_id = ? AND ts >= ? AND ts < ? "
-               "ORDER BY ts LIMIT ?")
+               f"ORDER BY ts {'DESC' if newest_first else 'ASC'} LIMIT ?")
         series = self.series_of(device_id, keys)
         with self._reader() as conn:
             for key in keys:

@@ -45,9 +45,11 @@ def keys(db: Session, *, actor: Principal, store: SqlTelemetryStore, device_id: 
 
 
 def raw_range(db: Session, *, actor: Principal, store: SqlTelemetryStore, device_id: int,
-              keys: Sequence[str] | None, start_ms: int, end_ms: int, limit: int) -> dict[str, list[Sample]]:
+              keys: Sequence[str] | None, start_ms: int, end_ms: int, limit: int,
+              newest_first: bool = False) -> dict[str, list[Sample]]:
     readable_device(db, actor=actor, device_id=device_id)
-    return store.range(device_id, list(keys) if keys else store.keys(device_id), start_ms, end_ms, limit)
+    return store.range(device_id, list(keys) if keys else store.keys(device_id), start_ms, end_ms, limit,
+                       newest_first=newest_first)
 
 
 def aggregated(db: Session, *, actor: Principal, store: SqlTelemetryStore, device_id: int,
