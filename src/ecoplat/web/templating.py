@@ -241,11 +241,13 @@ def environment() -> Environment:
 
 def _nav_for(principal: Any, path: str) -> list[dict[str, Any]]:
     items = sorted((n for n in NAV if n.visible_to(principal)), key=lambda n: (n.order, n.path))
-    out = []
-    for n in items:
-        active = path == n.path if n.path == "/" else (path == n.path or path.startswith(n.path.rstrip("/") + "/"))
-        out.append({"path": n.path, "label": n.label, "active": active})
-    return out
+
+    def matches(n: NavItem) -> bool:
+        return path == n.path if n.path == "/" else (path == n.path or path.startswith(n.path.rstrip("/") + "/"))
+
+    # Only the most specific entry is active (/alarms/kpis, not also /alarms).
+    best = max((n.path for n in items if matches(n)), key=len, default=None)
+    return [{"path": n.path, "label": n.label, "active": n.path == best} for n in items]
 
 
 def _banners(request: Request, principal: Any) -> list[Markup | str]:
