@@ -5,6 +5,7 @@ the error, and the connector recovers and follows configuration changes."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,3 +129,82 @@ def test_enabled_connectors_start_with_the_platform_and_opcua_values_arrive(
             assert [s["value"] for s in r.json()["current_ka"]][-2:] == [14.5, 15.25]
         finally:
             opcua.write("current", 14.5, ua.VariantType.Float)
+
+
+def test_several_platform_processes_run_each_connector_once_and_take_over(real_db, pipeline, store) -> None:  # type: ignore[no-untyped-def]
+    """Scaled out, every process runs a ConnectorManager on the same database: the lease makes
+    each connector run in exactly one, a clean stop hands it over at once, a crashed owner's
+    lease runs out, and a configuration change reaches whichever process runs it."""
+    from tests.connect.builders import make_actor
+    from tests.connect.gateway_builders import make_connector, make_device
+
+    from ecoplat.connect.gateways.models import ConnectorConfig
+    from ecoplat.connect.gateways.runtime import ConnectorManager
+
+    server = ModbusTestServer(free_port())
+    server.start()
+    config = {"host": "127.0.0.1", "port": server.port, "poll_interval_ms": 50, "timeout_s": 0.5,
+              "retry_min_s": 0.1, "retry_max_s": 0.2,
+              "registers": [{"key": "current_ka", "address": 2, "data_type": "float32", "byte_order": "CDAB"}]}
+    with real_db.session() as s:
+        enterprise_id = make_actor(s).enterprise_id
+        device_id = make_device(s, enterprise_id).id
+        cid = make_connector(s, enterprise_id, device_id=device_id, config=config, enabled=True).id
+
+    def latest_ts() -> int:
+        sample = store.latest(device_id).get("current_ka")
+        return sample.ts if sample else 0
+
+    async def until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    def make(owner: str) -> ConnectorManager:
+        return ConnectorManager(database=real_db, ingest=pipeline, reconcile_s=0.1, lease_s=1.0,
+                                status_flush_s=0.1, owner=owner)
+
+    async def scenario() -> None:
+        a, b = make("A"), make("B")
+        await a.start()
+        await b.start()
+        try:
+            assert (a.running_ids(), b.running_ids()) == ([cid], [])
+            await until(lambda: latest_ts() > 0, "values through A")
+            await asyncio.sleep(0.3)
+            assert b.running_ids() == []  # B keeps off while A holds the lease
+
+            await a.stop()  # clean stop: the lease is released
+            mark = latest_ts()
+            await until(lambda: b.running_ids() == [cid], "B takes over")
+            await until(lambda: latest_ts() > mark, "values through B")
+
+            # A change written anywhere (here straight to the database) reaches B.
+            with real_db.session() as s:
+                row = s.get(ConnectorConfig, cid)
+                row.config = dict(row.config, registers=[dict(config["registers"][0], scale=2.0)])
+                row.config_version += 1
+            await until(lambda: store.latest(device_id)["current_ka"].value == 29.5, "new configuration on B")
+
+            # B dies without releasing: C takes over only once B's lease has run out.
+            for task in b._tasks:
+                task.cancel()
+            for coordinator in list(b._coordinators.values()):
+                await coordinator.stop()
+            c = make("C")
+            await c.start()
+            try:
+                assert c.running_ids() == []
+                await until(lambda: c.running_ids() == [cid], "C takes over after the lease", timeout=5)
+                with real_db.session() as s:
+                    assert s.get(ConnectorConfig, cid).owner == "C"
+            finally:
+                await c.stop()
+        finally:
+            await a.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.close()

@@ -59,10 +59,11 @@ def _manager(request: Request) -> Any:
 
 
 def _applied(request: Request, row: ConnectorConfig) -> None:
-    """Hands the new configuration to this process's runtime, which restarts the connector."""
+    """Tells this process's runtime to pick the change up now rather than at its next round
+    (the runtime that holds the connector's lease, here or elsewhere, restarts it)."""
     manager = _manager(request)
     if manager is not None:
-        manager.apply_soon(service.spec_of(row))
+        manager.changed_soon()
 
 
 @router.get("/types", response_model=list[ConnectorTypeOut])
@@ -140,7 +141,7 @@ def delete_connector(db: DbSession, actor: CanWrite, connector_id: ObjectId, req
     service.delete_connector(db, actor=actor, connector_id=connector_id, ip=client_ip(request))
     manager = _manager(request)
     if manager is not None:
-        manager.remove_soon(connector_id)
+        manager.changed_soon()
     return Response(status_code=204)
 
 

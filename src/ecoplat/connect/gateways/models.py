@@ -34,5 +34,12 @@ class ConnectorConfig(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Bumped on every change a running connector must follow (configuration, device, enabled);
+    # runtimes compare it with what they run and restart on a difference.
+    config_version: Mapped[int] = mapped_column(Integer, default=1)
+    # Which platform process runs the connector, until when: with several processes each
+    # connector runs in exactly one; a crashed owner's lease runs out and another takes over.
+    owner: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

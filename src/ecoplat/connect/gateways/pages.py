@@ -148,7 +148,7 @@ async def connectors_create(request: Request, db: DbSession, principal: PagePrin
                      form_error=None if errors else e.detail)
     manager = getattr(request.app.state, "connectors", None)
     if manager is not None:
-        manager.apply_soon(service.spec_of(row))
+        manager.changed_soon()
     return RedirectResponse(f"/connectors?device_id={row.device_id}", status_code=303)
 
 
@@ -162,11 +162,11 @@ def connectors_action(request: Request, db: DbSession, principal: PagePrincipal,
         row = service.set_enabled(db, actor=principal, connector_id=connector_id, enabled=action == "start",
                                   ip=_ip(request))
         if manager is not None:
-            manager.apply_soon(service.spec_of(row))
+            manager.changed_soon()
         return RedirectResponse(f"/connectors?device_id={row.device_id}", status_code=303)
     if action == "delete":
         service.delete_connector(db, actor=principal, connector_id=connector_id, ip=_ip(request))
         if manager is not None:
-            manager.remove_soon(connector_id)
+            manager.changed_soon()
         return RedirectResponse("/connectors", status_code=303)
     raise NotFound("action", action)

@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,7 +21,12 @@ from ecoplat.connect.gateways.base import (
     Coordinator,
     connector_types,
 )
-from ecoplat.connect.gateways.service import ConnectorSpec, enabled_specs, save_status
+from ecoplat.connect.gateways.service import (
+    ConnectorSpec,
+    claim_connectors,
+    release_connectors,
+    save_status,
+)
 from ecoplat.db import Database
 from ecoplat.telemetry.points import Point
 
@@ -26,100 +35,121 @@ log = logging.getLogger(__name__)
 
 class ConnectorManager:
     """Owns the live coordinators of this process. Each coordinator gets its own connector
-    instance built from its own row; nothing tenant-specific is shared."""
+    instance built from its own row; nothing tenant-specific is shared.
 
-    def __init__(self, *, database: Database, ingest: Any, status_flush_s: float = 1.0,
-                 success_flush_s: float = 10.0) -> None:
+    Every `reconcile_s` it leases the enabled connectors it may run (see
+    service.claim_connectors), starts new ones, restarts those whose configuration version
+    changed and stops those disabled, deleted or taken over; so a change made through any API
+    process reaches the process that runs the connector, and each connector runs once."""
+
+    def __init__(self, *, database: Database, ingest: Any, reconcile_s: float = 2.0, lease_s: float = 15.0,
+                 status_flush_s: float = 1.0, success_flush_s: float = 10.0, owner: str | None = None) -> None:
         self.database = database
         self.ingest = ingest
+        self.reconcile_s = reconcile_s
+        self.lease_s = max(lease_s, reconcile_s * 3)
         self.status_flush_s = status_flush_s
         self.success_flush_s = success_flush_s
+        self.owner = owner or f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
         self._coordinators: dict[int, Coordinator] = {}
         self._specs: dict[int, ConnectorSpec] = {}
         self._dirty: dict[int, ConnectorStatus] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
 
     # ---- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        specs = await asyncio.to_thread(self._load_specs)
-        for spec in specs:
-            await self.apply(spec)
-        self._writer = asyncio.create_task(self._write_statuses(), name="connector-status-writer")
-        log.info("connector manager started %d connector(s)", len(self._coordinators))
-
-    def _load_specs(self) -> list[ConnectorSpec]:
-        with self.database.session() as db:
-            return enabled_specs(db)
+        await self.reconcile()
+        self._tasks = [asyncio.create_task(self._reconcile_loop(), name="connector-reconcile"),
+                       asyncio.create_task(self._write_statuses(), name="connector-status-writer")]
+        log.info("connector manager %s runs %d connector(s)", self.owner, len(self._coordinators))
 
     async def stop(self) -> None:
-        async with self._lock:
-            ids = list(self._coordinators)
-        for cid in ids:
-            await self.remove(cid)
-        if self._writer is not None:
-            self._writer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
-        await asyncio.to_thread(self._flush)
+                await task
+        self._tasks = []
+        for cid in list(self._coordinators):
+            await self._stop_one(cid)
+        self._dirty.clear()
+        await asyncio.to_thread(self._release)
 
-    # ---- configuration changes ----------------------------------------------------------------
+    def _release(self) -> None:
+        with self.database.session() as db:
+            release_connectors(db, owner=self.owner)
 
-    async def apply(self, spec: ConnectorSpec) -> None:
-        """Starts, restarts (new configuration) or stops (disabled) the spec's connector."""
-        async with self._lock:
-            await self._stop_one(spec.id)
-            if not spec.enabled:
-                return
-            cls = connector_types().get(spec.type)
-            if cls is None:
-                log.error("connector %s has unknown type %s; not started", spec.id, spec.type)
-                return
+    # ---- following the database ---------------------------------------------------------------
+
+    def _claim(self) -> list[ConnectorSpec]:
+        with self.database.session() as db:
+            return claim_connectors(db, owner=self.owner, lease_s=self.lease_s)
+
+    async def reconcile(self) -> None:
+        """Runs exactly the connectors this process holds the lease of, each with its newest
+        configuration."""
+        specs = {s.id: s for s in await asyncio.to_thread(self._claim)}
+        for cid in list(self._coordinators):
+            if cid not in specs:
+                await self._stop_one(cid)
+        for cid, spec in specs.items():
+            running = self._specs.get(cid)
+            if running is None or running.version != spec.version or cid not in self._coordinators:
+                await self._start_one(spec)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.reconcile_s)
+            self._wake.clear()
             try:
-                connector = cls(config=cls.validate_config(spec.config), device_id=spec.device_id)
-            except Exception as e:  # a row written by an older version may no longer validate
-                status = ConnectorStatus(state=ConnectorState.unavailable, last_error=f"invalid configuration: {e}")
-                self._dirty[spec.id] = status
-                return
-            coordinator = Coordinator(connector, sink=self._sink_for(spec), reject=self._reject_for(spec),
-                                      on_status=lambda s, cid=spec.id: self._status_changed(cid, s))
-            self._coordinators[spec.id] = coordinator
-            self._specs[spec.id] = spec
-            coordinator.start()
+                await self.reconcile()
+            except Exception:
+                # The database may be briefly unreachable; connectors keep running meanwhile.
+                log.exception("connector reconcile failed; retrying")
 
-    async def remove(self, connector_id: int) -> None:
-        async with self._lock:
-            await self._stop_one(connector_id)
+    def changed_soon(self, delay_s: float = 0.3) -> None:
+        """A change was just written (its transaction commits when the request ends): reconcile
+        shortly instead of waiting for the next period. Callable from any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(lambda: loop.call_later(delay_s, self._wake.set))
+
+    # ---- one connector ------------------------------------------------------------------------
+
+    async def _start_one(self, spec: ConnectorSpec) -> None:
+        await self._stop_one(spec.id)
+        cls = connector_types().get(spec.type)
+        if cls is None:
+            self._specs[spec.id] = spec
+            self._dirty[spec.id] = ConnectorStatus(state=ConnectorState.unavailable,
+                                                   last_error=f"connector type '{spec.type}' is not installed",
+                                                   last_error_at=datetime.now(UTC))
+            return
+        try:
+            connector = cls(config=cls.validate_config(spec.config), device_id=spec.device_id)
+        except Exception as e:  # a row written by an older version may no longer validate
+            self._specs[spec.id] = spec
+            self._dirty[spec.id] = ConnectorStatus(state=ConnectorState.unavailable,
+                                                   last_error=f"invalid configuration: {e}",
+                                                   last_error_at=datetime.now(UTC))
+            return
+        coordinator = Coordinator(connector, sink=self._sink_for(spec), reject=self._reject_for(spec),
+                                  on_status=lambda s, cid=spec.id: self._status_changed(cid, s))
+        self._coordinators[spec.id] = coordinator
+        self._specs[spec.id] = spec
+        coordinator.start()
 
     async def _stop_one(self, connector_id: int) -> None:
         coordinator = self._coordinators.pop(connector_id, None)
         self._specs.pop(connector_id, None)
         if coordinator is not None:
             await coordinator.stop()
-
-    def apply_soon(self, spec: ConnectorSpec) -> None:
-        """apply() from any thread (the API's sync routes run in a thread pool)."""
-        self._call_soon(self.apply(spec))
-
-    def remove_soon(self, connector_id: int) -> None:
-        self._call_soon(self.remove(connector_id))
-
-    def _call_soon(self, coro: Any) -> None:
-        if self._loop is None or self._loop.is_closed():
-            coro.close()
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self._loop.create_task(coro)
-        else:
-            asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     # ---- what coordinators report -------------------------------------------------------------
 
@@ -171,7 +201,7 @@ class ConnectorManager:
             return
         with self.database.session() as db:
             for cid, status in dirty.items():
-                save_status(db, connector_id=cid, status=status)
+                save_status(db, connector_id=cid, status=status, owner=self.owner)
 
 
 async def start_connectors(app: FastAPI) -> ConnectorManager:

@@ -4,16 +4,17 @@ every read and write is scoped by tenant here, and every write leaves an audit e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from ecoplat.connect.gateways.base import ConnectorStatus, connector_type
 from ecoplat.connect.gateways.models import ConnectorConfig
 from ecoplat.connect.gateways.schemas import ConnectorIn, ConnectorUpdate
 from ecoplat.connect.service import get_device
+from ecoplat.db import utcnow
 from ecoplat.errors import Conflict, NotFound
 from ecoplat.pagination import PageParams, paginate
 from ecoplat.tenancy import audit
@@ -33,11 +34,12 @@ class ConnectorSpec:
     type: str
     config: dict[str, Any]
     enabled: bool
+    version: int
 
 
 def spec_of(row: ConnectorConfig) -> ConnectorSpec:
     return ConnectorSpec(id=row.id, enterprise_id=row.enterprise_id, device_id=row.device_id, type=row.type,
-                         config=dict(row.config), enabled=row.enabled)
+                         config=dict(row.config), enabled=row.enabled, version=row.config_version)
 
 
 def masked_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +101,7 @@ def create_connector(db: Session, *, actor: Principal, data: ConnectorIn, ip: st
     config = _validated(data.type, data.config)
     _name_free(db, enterprise_id, data.name)
     row = ConnectorConfig(enterprise_id=enterprise_id, device_id=data.device_id, name=data.name, type=data.type,
-                          config=config, enabled=data.enabled, status="stopped")
+                          config=config, enabled=data.enabled, status="stopped", config_version=1)
     db.add(row)
     db.flush()
     audit.record(db, actor=actor, action="create", entity_type="connector", entity_id=row.id,
@@ -112,6 +114,7 @@ def update_connector(db: Session, *, actor: Principal, connector_id: int, data: 
     actor.require("devices:write")
     row = get_connector(db, actor=actor, connector_id=connector_id)
     before = audit_view(row)
+    before_config = dict(row.config or {})
     if data.device_id is not None and data.device_id != row.device_id:
         if _owned_device(db, actor=actor, device_id=data.device_id) != row.enterprise_id:
             raise NotFound("device", data.device_id)
@@ -127,6 +130,8 @@ def update_connector(db: Session, *, actor: Principal, connector_id: int, data: 
         row.config = _validated(row.type, raw)
     if data.enabled is not None:
         row.enabled = data.enabled
+    if (row.device_id, row.config, row.enabled) != (before["device_id"], before_config, before["enabled"]):
+        row.config_version = (row.config_version or 0) + 1
     db.flush()
     audit.record(db, actor=actor, action="update", entity_type="connector", entity_id=row.id,
                  before=before, after=audit_view(row), enterprise_id=row.enterprise_id, ip=ip)
@@ -150,23 +155,55 @@ def delete_connector(db: Session, *, actor: Principal, connector_id: int, ip: st
 
 # ---- used by the runtime (a platform job, not a user's request) -------------------------------
 
-def enabled_specs(db: Session) -> list[ConnectorSpec]:
-    """Every enabled connector of every tenant, for the runtime to start."""
-    rows = db.scalars(select(ConnectorConfig).where(ConnectorConfig.enabled.is_(True))
-                      .order_by(ConnectorConfig.id)).all()
+def claim_connectors(db: Session, *, owner: str, lease_s: float, now: datetime | None = None) -> list[ConnectorSpec]:
+    """Every enabled connector this process runs or may take over (no owner, its own, or an
+    owner whose lease ran out), leased to `owner`; frees the leases of its disabled ones.
+    The conditional UPDATE makes two processes racing for one connector end with one owner."""
+    now = now or utcnow()
+    until = now + timedelta(seconds=lease_s)
+    db.execute(update(ConnectorConfig)
+               .where(ConnectorConfig.owner == owner, ConnectorConfig.enabled.is_(False))
+               .values(owner=None, lease_until=None, status="stopped").execution_options(synchronize_session=False))
+    candidates = db.execute(select(ConnectorConfig.id).where(
+        ConnectorConfig.enabled.is_(True),
+        or_(ConnectorConfig.owner.is_(None), ConnectorConfig.owner == owner,
+            ConnectorConfig.lease_until.is_(None), ConnectorConfig.lease_until < now),
+    ).order_by(ConnectorConfig.id)).scalars().all()
+    mine: list[int] = []
+    for cid in candidates:
+        result = db.execute(update(ConnectorConfig).where(
+            ConnectorConfig.id == cid, ConnectorConfig.enabled.is_(True),
+            or_(ConnectorConfig.owner.is_(None), ConnectorConfig.owner == owner,
+                ConnectorConfig.lease_until.is_(None), ConnectorConfig.lease_until < now),
+        ).values(owner=owner, lease_until=until).execution_options(synchronize_session=False))
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            mine.append(cid)
+    if not mine:
+        return []
+    rows = db.scalars(select(ConnectorConfig).where(ConnectorConfig.id.in_(mine)).order_by(ConnectorConfig.id)
+                      .execution_options(populate_existing=True)).all()
     return [spec_of(r) for r in rows]
 
 
-def save_status(db: Session, *, connector_id: int, status: ConnectorStatus) -> None:
-    """Persists the live state so every process and the pages see it (no audit: not a user's write)."""
+def release_connectors(db: Session, *, owner: str, status: str = "stopped") -> None:
+    """Gives up every lease of `owner` (a clean shutdown) so another process takes over at once."""
+    db.execute(update(ConnectorConfig).where(ConnectorConfig.owner == owner)
+               .values(owner=None, lease_until=None, status=status).execution_options(synchronize_session=False))
+
+
+def save_status(db: Session, *, connector_id: int, status: ConnectorStatus, owner: str | None = None) -> None:
+    """Persists the live state so every process and the pages see it (no audit: not a user's
+    write). With `owner`, only while that process still holds the lease."""
     values: dict[str, Any] = {"status": status.state.value}
     if status.last_error is not None:
         values["last_error"] = status.last_error[:2000]
         values["last_error_at"] = status.last_error_at
     if status.last_success_at is not None:
         values["last_success_at"] = status.last_success_at
-    db.execute(update(ConnectorConfig).where(ConnectorConfig.id == connector_id).values(**values)
-               .execution_options(synchronize_session=False))
+    stmt = update(ConnectorConfig).where(ConnectorConfig.id == connector_id)
+    if owner is not None:
+        stmt = stmt.where(ConnectorConfig.owner == owner)
+    db.execute(stmt.values(**values).execution_options(synchronize_session=False))
 
 
 def stored_status(row: ConnectorConfig) -> dict[str, datetime | str | None]:
