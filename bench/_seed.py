@@ -251,15 +251,20 @@ def _search_index_kind(writer: _Writer) -> str:
 
 
 def _fill_sqlite_fts(writer: _Writer) -> None:
-    """External-content FTS5 tables over enterprises are rebuilt from their content table, which
-    is what their own triggers would have written row by row; tables kept by triggers need nothing."""
+    """An external-content FTS5 index over enterprises is written by its triggers while rows go
+    in; if the schema has such an index but no insert trigger feeding it, rebuild it from its
+    content table, which writes the same entries."""
     rows = writer._raw.execute(
         "SELECT name, sql FROM sqlite_master WHERE type='table' AND sql LIKE '%fts5%'").fetchall()
     for name, sql in rows:
-        if "content='enterprises'" in sql.replace('"', "'") or "content=enterprises" in sql:
-            count = writer.scalar(f"SELECT count(*) FROM {name}")
-            if not count:
-                writer.execute(f"INSERT INTO {name}({name}) VALUES ('rebuild')")
+        normalized = sql.replace('"', "'")
+        if "content='enterprises'" not in normalized and "content=enterprises" not in normalized:
+            continue
+        fed = writer.scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type='trigger' AND tbl_name='enterprises' "
+            f"AND sql LIKE '%INSERT ON enterprises%' AND sql LIKE '%INTO {name}(%'")
+        if not fed:
+            writer.execute(f"INSERT INTO {name}({name}) VALUES ('rebuild')")
 
 
 def seed_tenancy(url: str, *, enterprises: int, users_per_enterprise: int,

@@ -691,7 +691,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ecoplat-bench-tenancy-", dir=args.workdir) as tmp:
         for backend in backends:
-            results[backend] = bench_backend(backend, args, Path(tmp))
+            try:
+                results[backend] = bench_backend(backend, args, Path(tmp))
+            except Exception as e:  # noqa: BLE001 - one backend failing must not hide the other
+                console.print(f"[red]{backend} failed:[/red] {e}")
+                results[backend] = {"error": f"{type(e).__name__}: {str(e)[-1500:]}", "meets_target": False}
+                continue
             print_table(backend, results[backend])
     final = {
         "benchmark": "tenancy",
@@ -707,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.perf_counter() - started, 1),
     }
     print_final_json(final)
-    return 0
+    return 1 if any("error" in r for r in results.values()) else 0
 
 
 if __name__ == "__main__":
