@@ -402,5 +402,4 @@ def run_simulator_cli(devices: int, rate: float, host: str, port: int, tokens_fi
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
-        console.print("Stopped.")
-    console.print(sim.status_line())
+        console.print(f"Stopped. {sim.status_line()}")
