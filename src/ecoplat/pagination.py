@@ -120,11 +120,13 @@ PageQuery = Annotated[PageParams, Depends(page_params)]
 
 
 def paginate(db: Session, stmt: Select[Any], page: PageParams, *, key: Sequence[Any],
-             descending: bool = False) -> tuple[list[Any], str | None]:
+             descending: bool = False, key_attrs: Sequence[str] | None = None) -> tuple[list[Any], str | None]:
     """Runs `stmt` (which selects one ORM entity) one page at a time, ordered by `key` columns.
 
     `key` must be unique together (end it with the primary key) and match an index that starts
     with the statement's equality filters, e.g. (enterprise_id, id) for `WHERE enterprise_id = ?`.
+    `key_attrs` names the row attributes holding the key when the key columns are not the
+    entity's own (e.g. a joined search index's rowid that equals the entity's id).
     Returns the rows and the cursor of the next page (None when this is the last one)."""
     cols = list(key)
     if page.cursor:
@@ -141,5 +143,6 @@ def paginate(db: Session, stmt: Select[Any], page: PageParams, *, key: Sequence[
     if len(rows) > page.limit:
         rows = rows[: page.limit]
         last = rows[-1]
-        next_cursor = encode_cursor([getattr(last, c.key) for c in cols])
+        attrs = list(key_attrs) if key_attrs is not None else [c.key for c in cols]
+        next_cursor = encode_cursor([getattr(last, a) for a in attrs])
     return rows, next_cursor

@@ -15,7 +15,20 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import String, and_, cast, delete, exists, func, or_, select, text
+from sqlalchemy import (
+    Integer,
+    String,
+    and_,
+    cast,
+    column,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    table,
+    text,
+)
 from sqlalchemy.orm import Session
 
 from ecoplat.config import Settings
@@ -360,23 +373,33 @@ def _enterprise_visible(db: Session, actor: Principal, enterprise_id: int) -> bo
     return False
 
 
-def _enterprise_search(db: Session, q: str) -> Any:
-    """Name search through the database's own text index (migration 0001): SQLite FTS5 with the
-    trigram tokenizer, PostgreSQL pg_trgm GIN; both answer case-insensitive substring matches."""
-    if db.get_bind().dialect.name == "sqlite" and len(q) >= 3:
-        phrase = '"' + q.replace('"', '""') + '"'
-        return Enterprise.id.in_(select(text("rowid")).select_from(text("enterprises_fts"))
-                                 .where(text("enterprises_fts MATCH :enterprise_q").bindparams(enterprise_q=phrase)))
+# The SQLite FTS5 table of enterprise names (migration 0001), for joins.
+_enterprises_fts = table("enterprises_fts", column("rowid", Integer))
+
+
+def _uses_fts(db: Session, q: str | None) -> bool:
     # Trigram indexes cannot serve patterns under 3 characters; those scan, which stays cheap.
-    return Enterprise.name.ilike(_like_pattern(q), escape="\\")
+    return bool(q) and len(q or "") >= 3 and db.get_bind().dialect.name == "sqlite"
 
 
 def list_enterprises(db: Session, *, actor: Principal, page: PageParams, q: str | None = None,
                      country: str | None = None, size_class: str | None = None,
                      isic_class: str | None = None, ecosystem_id: int | None = None,
                      ) -> tuple[list[Enterprise], str | None]:
+    """Name search goes through the database's own trigram index (migration 0001): SQLite FTS5
+    with the trigram tokenizer, PostgreSQL pg_trgm GIN; both answer case-insensitive substring
+    matches. On SQLite the page is read from the FTS index in rowid (= id) order and stops after
+    `limit` hits, instead of collecting every match first (a common word matches most names)."""
     actor.require("enterprise:read")
     stmt = select(Enterprise)
+    key: tuple[Any, ...] = (Enterprise.id,)
+    if q and _uses_fts(db, q):
+        phrase = '"' + q.replace('"', '""') + '"'
+        stmt = stmt.join(_enterprises_fts, _enterprises_fts.c.rowid == Enterprise.id).where(
+            text("enterprises_fts MATCH :enterprise_q").bindparams(enterprise_q=phrase))
+        key = (_enterprises_fts.c.rowid,)
+    elif q:
+        stmt = stmt.where(Enterprise.name.ilike(_like_pattern(q), escape="\\"))
     if not actor.is_platform_admin:
         if actor.stewarded_ecosystem_ids and actor.can("ecosystem:members"):
             stmt = stmt.where(or_(Enterprise.id == actor.enterprise_id,
@@ -392,9 +415,7 @@ def list_enterprises(db: Session, *, actor: Principal, page: PageParams, q: str 
     if ecosystem_id is not None:
         stmt = stmt.where(Enterprise.id.in_(select(EcosystemMembership.enterprise_id)
                                             .where(EcosystemMembership.ecosystem_id == ecosystem_id)))
-    if q:
-        stmt = stmt.where(_enterprise_search(db, q))
-    return paginate(db, stmt, page, key=(Enterprise.id,))
+    return paginate(db, stmt, page, key=key, key_attrs=("id",))
 
 
 def get_enterprise(db: Session, *, actor: Principal, enterprise_id: int) -> Enterprise:
