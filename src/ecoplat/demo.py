@@ -414,11 +414,14 @@ def demo_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
+TABLE_WIDTH = 150
+
+
 def print_demo_banner(settings: Settings, result: DemoResult, console: Console) -> None:
     """The URL and the demo accounts, as a Rich panel and table."""
     url = demo_url(settings)
     table = Table(title="Demo accounts", show_lines=False, header_style="bold")
-    table.add_column("Role")
+    table.add_column("Role", no_wrap=True)
     # Never wrapped or cut: an e-mail or password split over lines cannot be copied (the table is
     # printed at least as wide as it needs, even into a pipe or an 80-column log).
     table.add_column("E-mail", no_wrap=True)
@@ -434,4 +437,9 @@ def print_demo_banner(settings: Settings, result: DemoResult, console: Console) 
         lines.append(f"Demo devices written to: {result.devices_path}")
     lines.append(f"Sign in as the demo SME admin: {DEMO_SME_ADMIN}")
     console.print(Panel("\n".join(lines), title="Ecoplat demo", expand=False))
-    console.print(table, width=max(console.width, 150))
+    if console.width < TABLE_WIDTH:
+        # Rich never prints wider than its console; a pipe or log file gets a wider one.
+        Console(file=console.file, width=TABLE_WIDTH, no_color=console.no_color,
+                force_terminal=console.is_terminal).print(table)
+    else:
+        console.print(table)
