@@ -181,3 +181,29 @@ def test_demo_runtime_starts_the_simulator_from_demo_devices_json(
         values = wait_until(lambda: client.get(f"/api/devices/{device_id}/telemetry/latest",
                                                headers=tenant.headers).json(), message="demo values")
         assert set(values) == {"cl2_ppm"}
+
+
+def test_cli_with_a_tokens_file_publishes_for_the_duration(fresh_database_url: str, tmp_path: Path) -> None:
+    tenant = seed_tenant(fresh_database_url, devices=("T-309 chlorine tank",))
+    device_id, token = tenant.device("T-309 chlorine tank")
+    tokens = tmp_path / "devices.json"
+    tokens.write_text(json.dumps([{"id": device_id, "name": "T-309 chlorine tank", "token": token,
+                                   "enterprise": "x", "type": "liquid_chlorine_tank"}]))
+    port = free_port()
+    settings = platform_settings(fresh_database_url, tmp_path / "var", mqtt_port=port)
+    with running_platform(settings) as client:
+        wait_mqtt(port, token)
+        console = Console(record=True, width=200)
+        run_simulator_cli(devices=5, rate=5, host="127.0.0.1", port=port, tokens_file=tokens, duration=1.5,
+                          faults=False, console=console)
+        text = console.export_text()
+        assert "T-309 chlorine tank (chlorine_tank)" in text and "lists 1 device(s)" in text
+        sent = int(text.rsplit(" messages sent", 1)[0].rsplit("· ", 1)[1])
+        assert sent >= 5
+
+        def stored() -> int:
+            r = client.get(f"/api/devices/{device_id}/telemetry", params={"keys": "level_pct", "start": 0},
+                           headers=tenant.headers)
+            return len(r.json().get("level_pct", []))
+
+        wait_until(lambda: stored() >= sent, message="every message stored")
