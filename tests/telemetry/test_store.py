@@ -32,9 +32,17 @@ def test_written_values_read_back_exactly_with_their_types(store: SqlTelemetrySt
     batch = [Point(dev, "current_ka", T0, 12.5), Point(dev, "current_ka", T0 + 1000, 13),
              Point(dev, "running", T0, True), Point(dev, "mode", T0, "auto"),
              Point(dev, "setpoints", T0, {"hi": 90.5, "lo": 10}),  # type: ignore[arg-type]
-             Point(dev, "tiny", T0, 1e-300), Point(dev, "big", T0, 2**52 + 1)]
+             Point(dev, "tiny", T0, 1e-300), Point(dev, "big", T0, 2**52 + 1),
+             Point(dev, "u64", T0, 2**64 - 1), Point(dev, "broken", T0, float("nan")),
+             Point(dev, "broken", T0 + 1000, float("-inf")), Point(dev, "broken", T0 + 2000, 4.0)]
     store.write(batch, {dev: ent})
-    assert store.keys(dev) == ["big", "current_ka", "mode", "running", "setpoints", "tiny"]
+    assert store.keys(dev) == ["big", "broken", "current_ka", "mode", "running", "setpoints", "tiny", "u64"]
+    # a non-finite number is kept (as text) but stays out of the aggregates
+    assert store.range(dev, ["broken", "u64"], T0, T0 + 3000) == {
+        "broken": [Sample(T0, "nan"), Sample(T0 + 1000, "-inf"), Sample(T0 + 2000, 4.0)],
+        "u64": [Sample(T0, float(2**64 - 1))]}
+    [bucket] = store.aggregate(dev, ["broken"], T0, T0 + 60_000, 60_000)["broken"]
+    assert (bucket.count, bucket.sum) == (1, 4.0)
     got = store.range(dev, ["current_ka", "running", "mode", "setpoints", "tiny", "big", "absent"],
                       T0, T0 + 2000)
     assert got == {"current_ka": [Sample(T0, 12.5), Sample(T0 + 1000, 13.0)], "running": [Sample(T0, True)],

@@ -210,7 +210,7 @@ class PostgresTelemetryStore(SqlTelemetryStore):
                 keys[p.key] = sid
             v = p.value
             t = type(v)
-            if t is float or t is int:
+            if (t is float or t is int) and v - v == 0:  # finite
                 append((seq, sid, p.ts, float(v), None))
             else:
                 append((seq, sid, p.ts, *encode(v)))

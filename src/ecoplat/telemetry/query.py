@@ -28,7 +28,11 @@ def encode(value: object) -> tuple[float | None, str | None]:
     if isinstance(value, bool):
         return None, "true" if value else "false"
     if isinstance(value, int | float):
-        return float(value), None
+        number = float(value)
+        if number - number != 0:
+            # NaN or ±Infinity would poison every aggregate of its bucket: kept, but as text.
+            return None, orjson.dumps(repr(number)).decode()
+        return number, None
     return None, orjson.dumps(value).decode()
 
 

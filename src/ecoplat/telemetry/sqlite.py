@@ -140,7 +140,10 @@ class SqliteTelemetryStore(SqlTelemetryStore):
             v = p.value
             ts = p.ts
             t = type(v)
-            if t is float or t is int:
+            if t is int:
+                v = float(v)  # a uint64 would not bind as an SQLite integer
+                t = float
+            if t is float and v - v == 0:  # finite
                 row = (sid, ts, v, None)
                 k = (sid, ts - ts % MINUTE_MS)
                 a = minute.get(k)
