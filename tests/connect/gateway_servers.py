@@ -34,8 +34,18 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        async def _cancel_rest() -> None:
+            # Server internals (session timeouts, subscription loops) outlive stop(); cancel
+            # them so the loop closes cleanly instead of destroying pending tasks.
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        if self.loop.is_running():
+            self.run(_cancel_rest(), timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
 
 
 # ------------------------------------------------------------------ Modbus
