@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 
 import httpx
@@ -167,6 +168,12 @@ def test_live_sends_a_snapshot_then_published_points_and_heartbeats(api: ApiEnv,
                 continue
             name, _, value = line.partition(": ")
             event[name] = value
+    # the page went away: its listener is removed (within a heartbeat or two)
+    bus = api.app.state.events
+    deadline = time.monotonic() + 5
+    while any(listener.prefix.endswith(f".{dev}") for listener in bus._listeners):
+        assert time.monotonic() < deadline, "the live stream's listener outlived its client"
+        time.sleep(0.1)
     assert events[0] == ("snapshot", {"current_ka": {"ts": T0, "value": 11.0}})
     assert events[1] == ("telemetry", {"device_id": dev, "ts": T0 + 1000, "values": {"current_ka": 11.5}})
     assert events[2] == ("comment", ": heartbeat")
