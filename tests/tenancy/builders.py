@@ -77,9 +77,10 @@ def make_user(db: Session, enterprise: Enterprise, *roles: Role | str, email: st
               **kw: Any) -> User:
     n = _n()
     role_values = [Role(r).value for r in roles] or [Role.enterprise_admin.value]
-    user = User(enterprise_id=enterprise.id, email=email or f"user{n}@example.com", full_name=f"User {n}",
-                password_hash=password_hash(), roles=role_values, locale="en", is_active=True,
-                token_version=0, failed_login_count=0, **kw)
+    values = {"full_name": f"User {n}", "locale": "en", "is_active": True, "token_version": 0,
+              "failed_login_count": 0} | kw
+    user = User(enterprise_id=enterprise.id, email=email or f"user{n}@example.com",
+                password_hash=password_hash(), roles=role_values, **values)
     db.add(user)
     db.flush()
     return user
