@@ -392,6 +392,9 @@ def test_language_switch_is_saved_on_the_signed_in_user(web: TestClient, demo: D
     text = text_of(page.text)
     assert "厂区结构" in text and "概览" in text and "3 个区域" in text
     assert '<html lang="zh-CN">' in page.text
+    overview = web.get("/")
+    assert _chart_option(overview.text, "chart-size")["xAxis"]["data"] == ["大型", "中型", "小型", "微型"]
+    assert "氯碱产业生态" in text_of(overview.text)
     # A fresh browser (no locale cookie) gets the saved language after signing in.
     fresh = TestClient(web.app, follow_redirects=False)
     sign_in_with_form(fresh, demo, SME_ADMIN)

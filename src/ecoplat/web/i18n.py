@@ -26,7 +26,7 @@ def _babel(*args: str) -> None:
 def update_catalogues() -> list[Path]:
     """Extracts messages.pot and creates or updates every locale's messages.po."""
     LOCALE_DIR.mkdir(parents=True, exist_ok=True)
-    _babel("extract", "-F", str(BABEL_CFG), "-k", "N_", "-k", "translate:2", "--no-location", "--sort-output",
+    _babel("extract", "-F", str(BABEL_CFG), "-k", "N_", "-k", "NC_:1c,2", "-k", "translate:2", "--no-location", "--sort-output",
            "--project", "Ecoplat", "-o", str(POT), str(PACKAGE_DIR))
     written = []
     for babel_name in LOCALES.values():

@@ -36,6 +36,7 @@ from ecoplat.web.templating import (
     LOCALE_COOKIE,
     LOCALES,
     N_,
+    NC_,
     STATIC_DIR,
     get_translations,
     normalize_locale,
@@ -57,7 +58,9 @@ router.mount("/static", StaticFiles(directory=str(STATIC_DIR), check_dir=False),
 T = TypeVar("T")
 
 # Labels of enumerations, marked for translation (the templates translate them with _()).
-SIZE_LABELS = {"large": N_("Large"), "medium": N_("Medium"), "small": N_("Small"), "micro": N_("Micro")}
+SIZE_CONTEXT = "size class"
+SIZE_LABELS = {"large": NC_("size class", "Large"), "medium": NC_("size class", "Medium"),
+               "small": NC_("size class", "Small"), "micro": NC_("size class", "Micro")}
 MEMBERSHIP_LABELS = {"co_builder": N_("Co-builder"), "member": N_("Member")}
 ROLE_LABELS = {
     "platform_admin": N_("Platform admin"),
@@ -205,7 +208,7 @@ def overview(request: Request, db: DbSession, principal: PagePrincipal,
         territories = _territories(locale)
         charts = {
             "size": size_class_chart([m["size_class"] for m in members],
-                                     lambda s: t.gettext(SIZE_LABELS.get(s, s)), t.gettext("Members by size class")),
+                                     lambda s: t.pgettext(SIZE_CONTEXT, SIZE_LABELS.get(s, s)), t.gettext("Members by size class")),
             "country": country_chart([m["country"] for m in members],
                                      lambda c: territories.get(c, c), t.gettext("Members by country")),
         }

@@ -58,6 +58,12 @@ def N_(message: str) -> str:  # noqa: N802 - the gettext convention for "mark, t
     return message
 
 
+def NC_(context: str, message: str) -> str:  # noqa: N802 - as N_, with a msgctxt
+    """Marks a string with a context (same English word, different meaning: 'Medium' size class
+    vs 'Medium' priority); translate it with pgettext(context, message)."""
+    return message
+
+
 @dataclass(frozen=True)
 class NavItem:
     """One entry of the navigation bar. `label` is an untranslated msgid (mark it with N_)."""
@@ -286,6 +292,10 @@ def render(request: Request, name: str, context: dict[str, Any] | None = None, *
         variables.setdefault("num", n)
         return text % variables
 
+    def pgettext(context: str, message: str, **variables: Any) -> str:
+        text = translations.pgettext(context, message)
+        return text % variables if variables else text
+
     def dt(value: datetime | str | None, tz: str | None = None, fmt: str = "medium") -> str:
         return format_dt(value, tz, locale, fmt)
 
@@ -306,6 +316,7 @@ def render(request: Request, name: str, context: dict[str, Any] | None = None, *
         "_": _,
         "gettext": _,
         "ngettext": ngettext,
+        "pgettext": pgettext,
         "dt": dt,
         "number": number,
         "is_htmx": request.headers.get("hx-request") == "true",
