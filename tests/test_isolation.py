@@ -93,6 +93,10 @@ def test_tenant_b_never_sees_tenant_a(client, app, db: Session, settings: Settin
 
     object_routes = [r for r in routes if "{" in r.path and not _exempt(r.path)]
     assert object_routes, "no object routes found; is the tenancy API mounted?"
+    # Build every object first, so that a leaking DELETE cannot break a later builder.
+    for route in routes:
+        if not _exempt(route.path):
+            ids_for(_prefix(route.path) if "{" in route.path else route.path.rstrip("/"))
     controls: list[tuple[str, APIRoute]] = []
     for route in object_routes:
         ids = ids_for(_prefix(route.path))
