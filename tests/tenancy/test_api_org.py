@@ -212,3 +212,16 @@ def test_audit_filters_by_action_actor_and_time(client, world: World) -> None:
     assert creates.json()["items"] and all(e["action"] == "create" for e in creates.json()["items"])
     future = client.get("/api/audit-events", headers=h, params={"since": "2100-01-01T00:00:00Z"}).json()["items"]
     assert future == []
+
+
+def test_only_platform_admins_set_tenant_limits(client, world: World) -> None:
+    limits = {"maxPayloadSize": 32768, "rateLimits": {"telemetryMessages": "50:1,1000:60"}}
+    r = client.patch(f"/api/enterprises/{world.a.enterprise.id}", headers=world.a.headers, json={"limits": limits})
+    assert r.status_code == 403 and "limits" in r.json()["detail"]
+    r = client.patch(f"/api/enterprises/{world.a.enterprise.id}", headers=world.platform_headers,
+                     json={"limits": limits})
+    assert r.status_code == 200, r.text
+    assert r.json()["limits"] == limits
+    bad = client.patch(f"/api/enterprises/{world.a.enterprise.id}", headers=world.platform_headers,
+                       json={"limits": {"rateLimits": {"messages": "lots"}}})
+    assert bad.status_code == 422 and "rateLimits" in bad.json()["detail"]

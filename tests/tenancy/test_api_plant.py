@@ -136,3 +136,27 @@ def test_bad_cursor_and_limit_answer_422_naming_the_parameter(client, world: Wor
     assert r.status_code == 422 and r.json()["detail"].startswith("limit")
     r = client.get("/api/sites", headers=world.a.headers, params={"limit": 0})
     assert r.status_code == 422 and "limit" in r.json()["detail"]
+
+
+def test_moving_equipment_re_derives_and_clears_levels(client, world: World, db: Session) -> None:
+    from .builders import make_area, make_line, make_workstation
+
+    h, eq = world.a.headers, world.a.equipment
+    area2 = make_area(db, world.a.site)
+    line2 = make_line(db, area2)
+    ws2 = make_workstation(db, line2)
+
+    def place() -> tuple[int | None, int | None, int | None]:
+        body = client.get(f"/api/equipment/{eq.id}", headers=h).json()
+        return body["area_id"], body["line_id"], body["workstation_id"]
+
+    assert client.patch(f"/api/equipment/{eq.id}", headers=h, json={"workstation_id": ws2.id}).status_code == 200
+    assert place() == (area2.id, line2.id, ws2.id)
+    assert client.patch(f"/api/equipment/{eq.id}", headers=h, json={"workstation_id": None}).status_code == 200
+    assert place() == (area2.id, line2.id, None)  # clearing a level keeps the ones above
+    assert client.patch(f"/api/equipment/{eq.id}", headers=h, json={"line_id": world.a.line.id}).status_code == 200
+    assert place() == (world.a.area.id, world.a.line.id, None)
+    assert client.patch(f"/api/equipment/{eq.id}", headers=h, json={"area_id": area2.id}).status_code == 200
+    assert place() == (area2.id, None, None)
+    r = client.patch(f"/api/equipment/{eq.id}", headers=h, json={"area_id": area2.id, "line_id": world.a.line.id})
+    assert r.status_code == 422 and r.json()["detail"].startswith("line_id")

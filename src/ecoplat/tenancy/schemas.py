@@ -182,7 +182,26 @@ class EnterpriseCreate(_In):
     membership_role: MembershipRole = MembershipRole.member
 
 
+RateLimit = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}:[0-9]{1,9}(,[0-9]{1,9}:[0-9]{1,9})*$", max_length=200),
+                      Field(description="count:seconds pairs, e.g. 200:1,6000:60")]
+
+
+class RateLimits(_In):
+    messages: RateLimit | None = None
+    telemetryMessages: RateLimit | None = None  # noqa: N815 - ThingsBoard's own names
+    telemetryDataPoints: RateLimit | None = None  # noqa: N815
+
+
+class TenantLimits(_In):
+    """The tenant's limits, answered to ThingsBoard gateways as getSessionLimits."""
+
+    maxPayloadSize: Annotated[int, Field(ge=1, le=16_777_216)] | None = None  # noqa: N815
+    maxInflightMessages: Annotated[int, Field(ge=1, le=100_000)] | None = None  # noqa: N815
+    rateLimits: RateLimits | None = None  # noqa: N815
+
+
 class EnterpriseUpdate(_In):
+    limits: TenantLimits | None = Field(default=None, description="Platform admins only.")
     name: Name | None = None
     country: Country | None = None
     isic_class: IsicClass | None = None

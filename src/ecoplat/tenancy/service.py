@@ -484,8 +484,13 @@ def update_enterprise(db: Session, *, actor: Principal, enterprise_id: int, data
     ent = get_enterprise(db, actor=actor, enterprise_id=enterprise_id)
     if not (actor.is_platform_admin or (ent.id == actor.enterprise_id and actor.can("enterprise:write"))):
         raise Forbidden("Only this enterprise's admin or a platform admin can edit it.")
+    changes = data.model_dump(exclude_unset=True, exclude={"limits"})
+    if data.limits is not None:
+        if not actor.is_platform_admin:
+            raise Forbidden("Only a platform admin can change an enterprise's limits.")
+        changes["limits"] = data.limits.model_dump(exclude_none=True)
     before = audit.snapshot(ent)
-    _apply(ent, data.model_dump(exclude_unset=True))
+    _apply(ent, changes)
     db.flush()
     audit.record(db, actor=actor, action="update", entity_type="enterprise", entity_id=ent.id,
                  before=before, after=ent, enterprise_id=ent.id, ip=ip)
@@ -767,12 +772,28 @@ def update_equipment(db: Session, *, actor: Principal, equipment_id: int, data: 
     row = get_equipment(db, actor=actor, equipment_id=equipment_id)
     actor.require("plant:write")
     changes = data.model_dump(exclude_unset=True)
-    if {"area_id", "line_id", "workstation_id"} & set(changes):
-        place = _resolve_equipment_place(
-            db, actor, site_id=row.site_id,
-            area_id=changes.get("area_id", row.area_id) if "line_id" not in changes and "workstation_id" not in changes else changes.get("area_id"),
-            line_id=changes.get("line_id", row.line_id) if "workstation_id" not in changes else changes.get("line_id"),
-            workstation_id=changes.get("workstation_id", row.workstation_id))
+    moved = {"area_id", "line_id", "workstation_id"} & set(changes)
+    if moved:
+        workstation_id = changes.get("workstation_id", row.workstation_id)
+        line_id = changes.get("line_id", row.line_id)
+        area_id = changes.get("area_id", row.area_id)
+        # A level moved to a new place re-derives the levels above it and clears the levels
+        # below it, unless the request gives those too; clearing a level keeps the ones above.
+        if "workstation_id" in moved and workstation_id is not None:
+            line_id = changes.get("line_id")
+            area_id = changes.get("area_id")
+        if "line_id" in moved:
+            if line_id is not None and "area_id" not in moved:
+                area_id = None
+            if "workstation_id" not in moved:
+                workstation_id = None
+        if "area_id" in moved:
+            if "line_id" not in moved and not (workstation_id is not None and "workstation_id" in moved):
+                line_id = None
+            if "workstation_id" not in moved:
+                workstation_id = None
+        place = _resolve_equipment_place(db, actor, site_id=row.site_id, area_id=area_id, line_id=line_id,
+                                         workstation_id=workstation_id)
         place.pop("enterprise_id")
         changes.update(place)
     return _update_plant(db, actor=actor, row=row, kind="equipment", changes=changes,
