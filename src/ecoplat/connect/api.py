@@ -49,7 +49,8 @@ CanProvision = Annotated[Principal, require("devices:provision")]
 
 
 class DeviceTimeout(ProblemError):
-    status, type_slug = 504, "device-timeout"
+    # 408, as ThingsBoard answers a server-side RPC the device did not answer in time.
+    status, type_slug = 408, "device-timeout"
 
 
 class ServiceUnavailable(ProblemError):
@@ -220,7 +221,7 @@ def delete_attributes(db: DbSession, actor: CanWrite, device_id: ObjectId, reque
 @devices.post("/{device_id}/rpc", response_model=RpcOut)
 async def rpc(actor: CanWrite, device_id: ObjectId, data: RpcIn, request: Request) -> Any:
     """Server-side RPC to the device. Two-way: waits up to timeout_ms for the device's answer and
-    answers 504 if none comes. One-way: answers 202 once the request is sent."""
+    answers 408 (as ThingsBoard does) if none comes. One-way: answers 202 once the request is sent."""
 
     def _check() -> tuple[int, int]:
         with request.app.state.db.session() as db:

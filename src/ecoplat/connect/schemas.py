@@ -180,7 +180,7 @@ class RpcIn(BaseModel):
 
     method: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     params: Any = Field(default_factory=dict)
-    timeout_ms: int = Field(default=10_000, ge=100, le=120_000)
+    timeout_ms: int = Field(default=5_000, ge=100, le=60_000)
     oneway: bool = Field(default=False, description="Send and do not wait for an answer.")
 
 
