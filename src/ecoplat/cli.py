@@ -101,15 +101,20 @@ def simulate(
 
 @import_app.command("telemetry")
 def import_telemetry(
-    file: Annotated[Path, typer.Argument(help="CSV with columns device (id, name or token), ts, key, value.")],
+    file: Annotated[Path, typer.Argument(help="CSV with columns device (id, name or token), ts, key, value; "
+                                              "or ts,key1,key2,… (wide form).")],
     data_dir: DataDir = None,
+    device: Annotated[str | None, typer.Option("--device", help="The device (id, name or token) of a wide-form "
+                                                                "file without a device column.")] = None,
 ) -> None:
     """Import historical telemetry from a CSV file, with a progress bar."""
     from ecoplat.telemetry.importer import import_csv_cli
 
     settings = _settings(data_dir)
     _migrate(settings)
-    import_csv_cli(settings, file, console)
+    result = import_csv_cli(settings, file, console, device=device)
+    if result.imported == 0 and result.rejected:
+        raise typer.Exit(1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -62,7 +62,31 @@ def test_a_file_without_the_required_header_is_rejected_whole(api: ApiEnv, tmp_p
     path = tmp_path / "wrong.csv"
     path.write_text("time,value\n1,2\n")
     result = import_csv(api.database, api.store, path)
-    assert result.imported == 0 and result.rejected == 1 and "missing device, ts, key" in result.errors[0][1]
+    assert result.imported == 0 and result.rejected == 1 and "found time, value" in result.errors[0][1]
+
+
+def test_the_wide_form_takes_one_column_per_key_for_a_named_or_given_device(api: ApiEnv, tmp_path: Path) -> None:
+    with api.database.session() as s:
+        cell = add_device(s, api.a, "ELEC-CELL-7")
+    path = tmp_path / "wide.csv"
+    path.write_text("ts,current_kA,voltage_v,state\n"
+                    f"{T0},12.5,3.1,run\n"
+                    f"{T0 + 1000},,3.2,\n"          # a blank cell is no value, not an error
+                    f"{T0 + 2000},NaN,3.3,run\n"    # line 4: rejected whole, naming the column
+                    f"{T0 + 3000},13,3.4,stop\n")
+    result = import_csv(api.database, api.store, path, device="ELEC-CELL-7")
+    assert (result.imported, result.rejected) == (7, 1)
+    assert result.errors[0][0] == 4 and "column current_kA" in result.errors[0][1]
+    assert api.store.range(cell, ["current_kA", "voltage_v", "state"], T0, T0 + 5000) == {
+        "current_kA": [Sample(T0, 12.5), Sample(T0 + 3000, 13.0)],
+        "voltage_v": [Sample(T0, 3.1), Sample(T0 + 1000, 3.2), Sample(T0 + 3000, 3.4)],
+        "state": [Sample(T0, "run"), Sample(T0 + 3000, "stop")]}
+    # a device column names the device per row; without one and without --device: refused
+    path.write_text(f"device,ts,level_pct\n{cell},{T0 + 9000},55\n")
+    assert import_csv(api.database, api.store, path).imported == 1
+    path.write_text(f"ts,level_pct\n{T0},1\n")
+    refused = import_csv(api.database, api.store, path)
+    assert refused.imported == 0 and "--device" in refused.errors[0][1]
 
 
 def test_cell_values_parse_back_to_their_types() -> None:
@@ -71,3 +95,23 @@ def test_cell_values_parse_back_to_their_types() -> None:
     assert parse_value('{"a": [1]}') == {"a": [1]}
     assert parse_value("{not json") == "{not json"
     assert parse_value("running") == "running"
+
+
+def test_ecoplat_import_telemetry_command_end_to_end(api: ApiEnv, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from ecoplat.cli import app as cli
+
+    with api.database.session() as s:
+        dev = add_device(s, api.a, "CLI-TANK-1")
+    path = tmp_path / "tank.csv"
+    path.write_text("ts,level_pct,pressure_kpa\n" + "".join(f"{T0 + i * 1000},{50 + i},{101.3}\n" for i in range(300)))
+    monkeypatch.setenv("ECOPLAT_DATABASE_URL", api.url)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["import", "telemetry", str(path), "--device", "CLI-TANK-1",
+                                 "--data-dir", str(tmp_path / "var")])
+    assert result.exit_code == 0, result.output
+    assert "600 points imported" in result.output
+    assert len(api.store.range(dev, ["level_pct"], T0, T0 + 300_000)["level_pct"]) == 300
+    result = runner.invoke(cli, ["import", "telemetry", str(path), "--data-dir", str(tmp_path / "var")])
+    assert result.exit_code == 1 and "--device" in result.output

@@ -1,6 +1,7 @@
 """`ecoplat import telemetry FILE.csv`: history from a CSV file into the telemetry store.
 
-Columns device, ts, key, value (the form /api/devices/{id}/telemetry.csv exports). `device` is
+Columns device, ts, key, value (the form /api/devices/{id}/telemetry.csv exports), or the wide
+form ts,key1,key2,… (with a device column, or one device for the file via --device). `device` is
 a device id, an access token or a device name (names must be unique across enterprises to be
 used here); `ts` is milliseconds since the epoch or ISO 8601; `value` is a number, true/false,
 a JSON object or array, or any other text. Points go to the store in batches of 10,000; a bad
@@ -113,9 +114,21 @@ class DeviceResolver:
             return device.id, device.enterprise_id
 
 
+def _check_key(key: str) -> str:
+    key = key.strip()
+    if not key:
+        raise ValueError("the key is empty")
+    if len(key) > 255:
+        raise ValueError("the key is longer than 255 characters")
+    return key
+
+
 def import_csv(database: Database, store: SqlTelemetryStore, path: Path,
-               progress: Callable[[int], None] | None = None) -> ImportResult:
-    """Imports the file; `progress(bytes_read)` is called after every batch."""
+               progress: Callable[[int], None] | None = None, *, device: str | None = None) -> ImportResult:
+    """Imports the file; `progress(bytes_read)` is called after every batch.
+
+    Long form: columns device, ts, key, value. Wide form: a ts column and one column per key
+    (ts,current_ka,voltage_v,…), with a device column or, for the whole file, `device`."""
     result = ImportResult()
     resolve = DeviceResolver(database)
     batch: list[Point] = []
@@ -130,14 +143,24 @@ def import_csv(database: Database, store: SqlTelemetryStore, path: Path,
     with path.open("rb") as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         reader = csv.reader(text)
-        header = [h.strip().lower() for h in next(reader, [])]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            result.reject(1, f"the header must name the columns {', '.join(REQUIRED)}; "
-                             f"missing {', '.join(missing)}")
+        header = [h.strip() for h in next(reader, [])]
+        lower = [h.lower() for h in header]
+        long_form = all(c in lower for c in REQUIRED)
+        if "ts" not in lower or (not long_form and "device" not in lower and device is None):
+            result.reject(1, f"the header must name the columns {', '.join(REQUIRED)} (long form), or ts "
+                             f"and one column per key with a device column or --device (wide form); "
+                             f"found {', '.join(header) or 'nothing'}")
             return result
-        col = {c: header.index(c) for c in REQUIRED}
-        width = max(col.values()) + 1
+        if long_form:
+            col = {c: lower.index(c) for c in REQUIRED}
+            key_cols: list[tuple[int, str]] = []
+        else:
+            col = {c: lower.index(c) for c in ("device", "ts") if c in lower}
+            key_cols = [(i, h) for i, h in enumerate(header) if lower[i] not in ("device", "ts")]
+            if not key_cols:
+                result.reject(1, "the wide form needs at least one key column besides ts")
+                return result
+        width = max([*col.values(), *(i for i, _ in key_cols)]) + 1
         for row in reader:
             line = reader.line_num
             if not row or all(not c.strip() for c in row):
@@ -146,19 +169,24 @@ def import_csv(database: Database, store: SqlTelemetryStore, path: Path,
                 result.reject(line, f"expected {len(header)} columns, found {len(row)}")
                 continue
             try:
-                device_id, enterprise_id = resolve(row[col["device"]])
+                device_id, enterprise_id = resolve(row[col["device"]] if "device" in col else device or "")
                 ts = parse_time(row[col["ts"]])
-                key = row[col["key"]].strip()
-                if not key:
-                    raise ValueError("the key is empty")
-                if len(key) > 255:
-                    raise ValueError("the key is longer than 255 characters")
-                value = parse_value(row[col["value"]])
+                if long_form:
+                    pts = [Point(device_id, _check_key(row[col["key"]]), ts, parse_value(row[col["value"]]))]
+                else:
+                    pts = []
+                    for i, key in key_cols:
+                        if row[i].strip() == "":
+                            continue  # no value of this key at this time
+                        try:
+                            pts.append(Point(device_id, _check_key(key), ts, parse_value(row[i])))
+                        except ValueError as e:
+                            raise ValueError(f"column {key}: {e}") from None
             except ValueError as e:
                 result.reject(line, str(e))
                 continue
             enterprise_of[device_id] = enterprise_id
-            batch.append(Point(device_id, key, ts, value))
+            batch.extend(pts)
             if len(batch) >= BATCH_POINTS:
                 flush()
                 if progress:
@@ -169,7 +197,7 @@ def import_csv(database: Database, store: SqlTelemetryStore, path: Path,
     return result
 
 
-def import_csv_cli(settings: Settings, path: Path, console: Console) -> ImportResult:
+def import_csv_cli(settings: Settings, path: Path, console: Console, device: str | None = None) -> ImportResult:
     """The CLI command: a Rich progress bar by bytes read, then a summary with the bad rows."""
     if not path.is_file():
         console.print(f"[red]No such file:[/red] {path}")
@@ -181,7 +209,8 @@ def import_csv_cli(settings: Settings, path: Path, console: Console) -> ImportRe
                       DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
                       console=console) as bar:
             task = bar.add_task(path.name, total=path.stat().st_size)
-            result = import_csv(database, store, path, progress=lambda done: bar.update(task, completed=done))
+            result = import_csv(database, store, path, device=device,
+                                progress=lambda done: bar.update(task, completed=done))
     finally:
         store.close()
         database.dispose()
