@@ -225,3 +225,21 @@ def test_only_platform_admins_set_tenant_limits(client, world: World) -> None:
     bad = client.patch(f"/api/enterprises/{world.a.enterprise.id}", headers=world.platform_headers,
                        json={"limits": {"rateLimits": {"messages": "lots"}}})
     assert bad.status_code == 422 and "rateLimits" in bad.json()["detail"]
+
+
+def test_memberships_are_managed_by_platform_admins_and_stewards(client, world: World) -> None:
+    eco, ent = world.a.ecosystem.id, world.a.enterprise.id
+    path = f"/api/ecosystems/{eco}/members/{ent}"
+    r = client.put(path, headers=world.steward_headers, json={"role": "co_builder"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"ecosystem_id": eco, "enterprise_id": ent, "role": "co_builder"}
+    # a steward cannot pull in an enterprise that is not a member
+    outsider = f"/api/ecosystems/{eco}/members/{world.b.enterprise.id}"
+    assert client.put(outsider, headers=world.steward_headers, json={"role": "member"}).status_code == 404
+    assert client.put(outsider, headers=world.platform_headers, json={"role": "member"}).status_code == 200
+    assert client.put(path, headers=world.a.headers, json={"role": "member"}).status_code == 403
+    assert client.delete(outsider, headers=world.steward_headers).status_code == 204
+    assert client.delete(outsider, headers=world.steward_headers).status_code == 404
+    events = client.get("/api/audit-events", headers=world.platform_headers,
+                        params={"entity_type": "ecosystem_membership"}).json()["items"]
+    assert [e["action"] for e in events] == ["delete", "create", "update"]

@@ -166,3 +166,15 @@ def test_deactivated_user_cannot_sign_in(db: Session, world: World, settings: Se
     user = make_user(db, world.a.enterprise, Role.operator, is_active=False)
     result = service.login(db, email=user.email, password=PASSWORD, settings=settings)
     assert result.status == 401 and "deactivated" in result.detail
+
+
+def test_a_duplicate_that_slips_past_the_check_is_still_a_conflict(db: Session, world: World,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # two requests racing: both pass the look-up, the unique index decides
+    monkeypatch.setattr(service, "_check_email_free", lambda *a, **k: None)
+    with pytest.raises(Conflict) as e:
+        service.create_user(db, actor=principal(db, world.a.admin), data=UserCreate(
+            email=world.b.admin.email, password="long-enough-pw", roles=[Role.operator]))
+    assert world.b.admin.email in e.value.detail
+    # the unit of work is still usable after the failed savepoint
+    assert service.get_user(db, actor=principal(db, world.a.admin), user_id=world.a.admin.id).id == world.a.admin.id

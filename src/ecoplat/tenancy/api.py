@@ -27,6 +27,7 @@ from ecoplat.tenancy.schemas import (
     AreaUpdate,
     AuditEventOut,
     EcosystemCreate,
+    EcosystemMemberOut,
     EcosystemOut,
     EcosystemUpdate,
     EnterpriseCreate,
@@ -38,6 +39,7 @@ from ecoplat.tenancy.schemas import (
     LineCreate,
     LineOut,
     LineUpdate,
+    MembershipIn,
     MeOut,
     MePatch,
     RefreshIn,
@@ -147,6 +149,23 @@ def update_ecosystem(request: Request, db: DbSession, actor: CurrentPrincipal, e
 def delete_ecosystem(request: Request, db: DbSession, actor: CurrentPrincipal, ecosystem_id: ObjectId,
                      cascade: Cascade = False) -> Response:
     service.delete_ecosystem(db, actor=actor, ecosystem_id=ecosystem_id, cascade=cascade, ip=client_ip(request))
+    return Response(status_code=204)
+
+
+@ecosystems.put("/{ecosystem_id}/members/{enterprise_id}", response_model=EcosystemMemberOut)
+def set_member(request: Request, db: DbSession, actor: CurrentPrincipal, ecosystem_id: ObjectId,
+               enterprise_id: ObjectId, body: MembershipIn) -> EcosystemMemberOut:
+    """Adds the enterprise to the ecosystem, or changes its role there (co_builder or member)."""
+    row = service.set_membership(db, actor=actor, ecosystem_id=ecosystem_id, enterprise_id=enterprise_id,
+                                 role=body.role, ip=client_ip(request))
+    return EcosystemMemberOut.model_validate(row)
+
+
+@ecosystems.delete("/{ecosystem_id}/members/{enterprise_id}", **_NO_CONTENT)
+def remove_member(request: Request, db: DbSession, actor: CurrentPrincipal, ecosystem_id: ObjectId,
+                  enterprise_id: ObjectId) -> Response:
+    service.remove_membership(db, actor=actor, ecosystem_id=ecosystem_id, enterprise_id=enterprise_id,
+                              ip=client_ip(request))
     return Response(status_code=204)
 
 

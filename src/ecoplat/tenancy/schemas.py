@@ -171,6 +171,16 @@ class MembershipOut(_Out):
     role: MembershipRole
 
 
+class MembershipIn(_In):
+    role: MembershipRole = MembershipRole.member
+
+
+class EcosystemMemberOut(_Out):
+    ecosystem_id: int
+    enterprise_id: int
+    role: MembershipRole
+
+
 class EnterpriseCreate(_In):
     name: Name
     country: Country

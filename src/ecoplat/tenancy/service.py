@@ -29,6 +29,7 @@ from sqlalchemy import (
     table,
     text,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ecoplat.config import Settings
@@ -55,6 +56,7 @@ from ecoplat.tenancy.models import (
     Enterprise,
     Equipment,
     Line,
+    MembershipRole,
     Role,
     Site,
     User,
@@ -131,6 +133,18 @@ def _target_enterprise(db: Session, actor: Principal, requested: int | None) -> 
         raise NotFound("enterprise", requested)
     _check_enterprise_exists(db, requested)
     return requested
+
+
+def _flush_unique(db: Session, message: str, obj: Any = None) -> None:
+    """Flushes in a savepoint: two requests racing past the duplicate check meet the unique index,
+    and the loser gets the same 409 as if the check had caught it."""
+    try:
+        with db.begin_nested():
+            if obj is not None:
+                db.add(obj)
+            db.flush()
+    except IntegrityError as e:
+        raise Conflict(message) from e
 
 
 def _count(db: Session, model: Any, *where: Any) -> int:
@@ -314,8 +328,7 @@ def create_ecosystem(db: Session, *, actor: Principal, data: EcosystemCreate, ip
         raise Forbidden("Only a platform admin can create an ecosystem.")
     _check_slug_free(db, data.slug)
     eco = Ecosystem(**data.model_dump())
-    db.add(eco)
-    db.flush()
+    _flush_unique(db, f"An ecosystem with slug '{data.slug}' already exists; choose another slug.", eco)
     audit.record(db, actor=actor, action="create", entity_type="ecosystem", entity_id=eco.id,
                  after=eco, ip=ip)
     return eco
@@ -332,7 +345,7 @@ def update_ecosystem(db: Session, *, actor: Principal, ecosystem_id: int, data: 
         _check_slug_free(db, changes["slug"], own_id=eco.id)
     before = audit.snapshot(eco)
     _apply(eco, changes)
-    db.flush()
+    _flush_unique(db, f"An ecosystem with slug '{eco.slug}' already exists; choose another slug.")
     audit.record(db, actor=actor, action="update", entity_type="ecosystem", entity_id=eco.id,
                  before=before, after=eco, ip=ip)
     return eco
@@ -353,6 +366,57 @@ def delete_ecosystem(db: Session, *, actor: Principal, ecosystem_id: int, cascad
     db.expunge(eco)
     audit.record(db, actor=actor, action="delete", entity_type="ecosystem", entity_id=ecosystem_id,
                  before=before, ip=ip)
+
+
+def _require_steward_of(actor: Principal, ecosystem_id: int) -> None:
+    if not (actor.is_platform_admin or (ecosystem_id in actor.stewarded_ecosystem_ids
+                                        and actor.can("ecosystem:write"))):
+        raise Forbidden("Only a platform admin or a steward of this ecosystem can change its members.")
+
+
+def set_membership(db: Session, *, actor: Principal, ecosystem_id: int, enterprise_id: int,
+                   role: MembershipRole, ip: str = "") -> EcosystemMembership:
+    """Adds an enterprise to an ecosystem or changes its role there (co-builder or member).
+    Stewards change the roles of their ecosystem's members; only a platform admin brings in an
+    enterprise that is not a member yet (membership shows its public fields to the stewards)."""
+    get_ecosystem(db, actor=actor, ecosystem_id=ecosystem_id)
+    _require_steward_of(actor, ecosystem_id)
+    membership = db.scalar(select(EcosystemMembership).where(
+        EcosystemMembership.ecosystem_id == ecosystem_id, EcosystemMembership.enterprise_id == enterprise_id))
+    if membership is None:
+        if not actor.is_platform_admin:
+            raise NotFound("enterprise", enterprise_id)
+        _check_enterprise_exists(db, enterprise_id)
+        membership = EcosystemMembership(ecosystem_id=ecosystem_id, enterprise_id=enterprise_id, role=role)
+        db.add(membership)
+        db.flush()
+        audit.record(db, actor=actor, action="create", entity_type="ecosystem_membership",
+                     entity_id=membership.id, after=membership, enterprise_id=enterprise_id, ip=ip)
+        return membership
+    if membership.role != role:
+        before = audit.snapshot(membership)
+        membership.role = role
+        db.flush()
+        audit.record(db, actor=actor, action="update", entity_type="ecosystem_membership",
+                     entity_id=membership.id, before=before, after=membership, enterprise_id=enterprise_id, ip=ip)
+    return membership
+
+
+def remove_membership(db: Session, *, actor: Principal, ecosystem_id: int, enterprise_id: int,
+                      ip: str = "") -> None:
+    get_ecosystem(db, actor=actor, ecosystem_id=ecosystem_id)
+    _require_steward_of(actor, ecosystem_id)
+    membership = db.scalar(select(EcosystemMembership).where(
+        EcosystemMembership.ecosystem_id == ecosystem_id, EcosystemMembership.enterprise_id == enterprise_id))
+    if membership is None:
+        raise NotFound("member enterprise", enterprise_id)
+    if enterprise_id == actor.enterprise_id and not actor.is_platform_admin:
+        raise Conflict("You cannot remove your own enterprise from the ecosystem you steward.")
+    before = audit.snapshot(membership)
+    db.execute(delete(EcosystemMembership).where(EcosystemMembership.id == membership.id))
+    db.expunge(membership)
+    audit.record(db, actor=actor, action="delete", entity_type="ecosystem_membership", entity_id=before["id"],
+                 before=before, enterprise_id=enterprise_id, ip=ip)
 
 
 # --- enterprises ------------------------------------------------------------------------------
@@ -875,8 +939,7 @@ def create_user(db: Session, *, actor: Principal, data: UserCreate, ip: str = ""
     user = User(enterprise_id=enterprise_id, email=email, full_name=data.full_name,
                 password_hash=hash_password(data.password), roles=roles, locale=data.locale,
                 is_active=True, token_version=0, failed_login_count=0)
-    db.add(user)
-    db.flush()
+    _flush_unique(db, f"A user with e-mail {email} already exists.", user)
     audit.record(db, actor=actor, action="create", entity_type="user", entity_id=user.id, after=user,
                  enterprise_id=enterprise_id, ip=ip)
     return user
@@ -908,7 +971,7 @@ def update_user(db: Session, *, actor: Principal, user_id: int, data: UserUpdate
     if revoke:
         user.token_version += 1
     _apply(user, {k: changes[k] for k in ("full_name", "locale") if k in changes})
-    db.flush()
+    _flush_unique(db, f"A user with e-mail {user.email} already exists.")
     audit.record(db, actor=actor, action="update", entity_type="user", entity_id=user.id,
                  before=before, after=user, enterprise_id=user.enterprise_id, ip=ip)
     return user
