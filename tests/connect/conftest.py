@@ -4,12 +4,19 @@ connections), the real telemetry store on it, and a running IngestPipeline."""
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from tests.connect.builders import make_actor
+import uvicorn
+from tests.conftest import free_port
+from tests.connect.builders import SECRET, make_actor
 
+from ecoplat.app import create_app
+from ecoplat.config import Settings
 from ecoplat.connect.ingest import IngestPipeline, hash_token
 from ecoplat.connect.models import Device
 from ecoplat.db import Database
@@ -64,3 +71,25 @@ def pipeline(real_db: Database, store) -> Iterator[IngestPipeline]:  # type: ign
     p.start()
     yield p
     p.stop()
+
+
+@pytest.fixture
+def server(fresh_database_url: str, tmp_path: Path) -> Iterator[tuple[str, Database]]:
+    """The app (real lifespan: telemetry store, ingest) served by uvicorn on a free port."""
+    settings = Settings(data_dir=tmp_path / "var", database_url=fresh_database_url, secret_key=SECRET,
+                        mqtt_enabled=False, log_json=False, ingest_batch_max_ms=5)
+    database = Database(fresh_database_url)
+    port = free_port()
+    config = uvicorn.Config(create_app(settings, database=database), host="127.0.0.1", port=port,
+                            log_level="warning", lifespan="on")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", database
+    srv.should_exit = True
+    thread.join(10)
+    database.dispose()

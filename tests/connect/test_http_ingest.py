@@ -4,6 +4,7 @@ pipeline), values read back over REST, every bad input rejected, counted, and in
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +165,36 @@ def test_two_way_rpc_answers_with_the_devices_response_or_408(live):
                     headers=tenant.headers)
     assert r.status_code == 408 and r.headers["content-type"] == "application/problem+json"
     assert [a["method"] for a in asked] == ["getValve", "reboot"]
+
+
+def test_an_http_device_long_polls_for_rpc_and_answers(server):
+    import httpx
+
+    base, database = server
+    tenant = seed(database, "valve-9", "other")
+    device_id, token = tenant.devices["valve-9"]
+    got: dict[str, object] = {}
+
+    def device() -> None:
+        with httpx.Client(base_url=base, timeout=20) as http:
+            r = http.get(f"/api/v1/{token}/rpc", params={"timeout": 10_000})
+            got["request"] = r.json()
+            answer = {"position_pct": 42 if r.json()["params"]["valve"] == "V-9" else -1}
+            got["reply"] = http.post(f"/api/v1/{token}/rpc/{r.json()['id']}", json=answer).status_code
+
+    with httpx.Client(base_url=base, timeout=20) as http:
+        # nothing asked: the poll ends with 408 after its timeout
+        assert http.get(f"/api/v1/{token}/rpc", params={"timeout": 200}).status_code == 408
+        thread = threading.Thread(target=device)
+        thread.start()
+        time.sleep(0.5)  # the device is polling now
+        # an RPC to another device is not delivered to this one
+        other_id = tenant.devices["other"][0]
+        r = http.post(f"/api/devices/{other_id}/rpc", json={"method": "x", "timeout_ms": 200}, headers=tenant.headers)
+        assert r.status_code == 408
+        r = http.post(f"/api/devices/{device_id}/rpc", json={"method": "getPosition", "params": {"valve": "V-9"},
+                                                             "timeout_ms": 5000}, headers=tenant.headers)
+        thread.join(10)
+    assert r.status_code == 200, r.text
+    assert r.json()["response"] == {"position_pct": 42}
+    assert got["request"]["method"] == "getPosition" and got["reply"] == 200

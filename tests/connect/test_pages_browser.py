@@ -3,45 +3,14 @@ the REST API, then new values arriving live over SSE while a device posts over H
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from tests.conftest import free_port
-from tests.connect.builders import SECRET
 from tests.connect.conftest import seed
-
-from ecoplat.app import create_app
-from ecoplat.config import Settings
-from ecoplat.db import Database
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture
-def server(fresh_database_url: str, tmp_path: Path) -> Iterator[tuple[str, Database]]:
-    settings = Settings(data_dir=tmp_path / "var", database_url=fresh_database_url, secret_key=SECRET,
-                        mqtt_enabled=False, log_json=False, ingest_batch_max_ms=5)
-    database = Database(fresh_database_url)
-    port = free_port()
-    config = uvicorn.Config(create_app(settings, database=database), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", database
-    srv.should_exit = True
-    thread.join(10)
-    database.dispose()
 
 
 @pytest.mark.browser

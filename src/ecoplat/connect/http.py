@@ -3,20 +3,31 @@
     POST /api/v1/{token}/telemetry     200 (empty body) once the points are durable
     POST /api/v1/{token}/attributes    200 (empty body) once the client attributes are stored
     GET  /api/v1/{token}/attributes?clientKeys=a,b&sharedKeys=c   {"client": {...}, "shared": {...}}
+    GET  /api/v1/{token}/rpc?timeout=ms    long poll for a server-side RPC ({"id","method","params"}, or 408)
+    POST /api/v1/{token}/rpc/{id}          the device's answer to it
 
 Unknown or revoked tokens answer 401, malformed payloads 400 (problem+json with the reason);
 every reject is counted for the device (or for "unknown sender") and logged."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ecoplat.connect.ingest import DeviceRef, IngestPipeline, now_ms
-from ecoplat.connect.payloads import PayloadError, RejectReason, parse_attributes, parse_telemetry
+from ecoplat.connect.payloads import (
+    PayloadError,
+    RejectReason,
+    decode,
+    parse_attributes,
+    parse_telemetry,
+)
 from ecoplat.errors import BadRequest, NotAuthenticated, ProblemError
+from ecoplat.events import Event
 
 router = APIRouter(prefix="/api/v1", tags=["device API (ThingsBoard)"])
 
@@ -113,3 +124,52 @@ async def get_attributes(
                                      shared_keys=_keys(shared_keys))
     pipeline.note_activity(ref.device_id, "attributes_request")
     return answer
+
+
+@router.get("/{token}/rpc")
+async def poll_rpc(token: Token, request: Request,
+                   timeout: Annotated[int, Query(ge=100, le=60_000, description="Milliseconds to wait.")] = 10_000,
+                   ) -> Any:
+    """ThingsBoard's HTTP long poll for server-side RPC: the next request for this device as
+    {"id", "method", "params"}, or 408 when none comes within `timeout` ms. The device answers
+    with POST /api/v1/{token}/rpc/{id}."""
+    pipeline = _pipeline(request)
+    ref = await _device(pipeline, token)
+    topic = f"rpc.{ref.enterprise_id}.{ref.device_id}"
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100)
+
+    def on_event(event: Event) -> None:  # in the publisher's thread
+        if event.topic == topic:  # the prefix would also match device 12 for device 1
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_offer, queue, event.data)
+
+    remove = request.app.state.events.add_listener(topic, on_event)
+    try:
+        data = await asyncio.wait_for(queue.get(), timeout / 1000)
+    except TimeoutError:
+        return Response(status_code=408)
+    finally:
+        remove()
+    pipeline.note_activity(ref.device_id, "rpc")
+    return {"id": data.get("id"), "method": data.get("method"), "params": data.get("params", {})}
+
+
+def _offer(queue: asyncio.Queue[dict[str, Any]], data: dict[str, Any]) -> None:
+    with contextlib.suppress(asyncio.QueueFull):
+        queue.put_nowait(data)
+
+
+@router.post("/{token}/rpc/{request_id}", status_code=200)
+async def reply_rpc(token: Token, request: Request,
+                    request_id: Annotated[int, Path(ge=0, le=2_147_483_647)]) -> Response:
+    """The device's answer to a server-side RPC it received (by MQTT or the long poll)."""
+    pipeline = _pipeline(request)
+    ref = await _device(pipeline, token)
+    body = await request.body()
+    try:
+        answer = decode(body, max_bytes=request.app.state.settings.max_payload_bytes)
+    except PayloadError as e:
+        raise _bad_payload(pipeline, ref, e) from None
+    pipeline.rpc_response(ref.device_id, request_id, answer)
+    return Response(status_code=200)
