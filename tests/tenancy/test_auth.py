@@ -166,3 +166,12 @@ def test_api_key_expiry_must_be_in_the_future(client, world: World) -> None:
     r = client.post("/api/api-keys", headers=world.a.headers,
                     json={"name": "x", "expires_at": "2001-01-01T00:00:00Z"})
     assert r.status_code == 422 and r.json()["detail"].startswith("expires_at")
+
+
+def test_openapi_declares_the_password_flow_for_docs_authorize(client) -> None:  # type: ignore[no-untyped-def]
+    spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    flows = [s["flows"]["password"] for s in schemes.values() if s.get("type") == "oauth2"]
+    assert flows and flows[0]["tokenUrl"] == "/api/auth/token"
+    assert spec["paths"]["/api/sites"]["get"].get("security"), "routes must declare the bearer scheme"
+    assert client.get("/docs").status_code == 200
