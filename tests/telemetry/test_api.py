@@ -87,7 +87,8 @@ def test_bad_ranges_answer_422_naming_the_parameter(api: ApiEnv) -> None:
              ({"start": 0, "end": T0, "interval": "1s"}, "interval"),
              ({"start": T0, "end": T0 + 1000, "interval": "10ms"}, "interval"),
              ({"start": -5, "end": T0}, "start"), ({"limit": 0}, "limit"), ({"limit": 10**7}, "limit"),
-             ({"order": "sideways"}, "order")]
+             ({"order": "sideways"}, "order"), ({"end": 10**30}, "end"),
+             ({"start": T0, "end": T0 + 1000, "interval": "99999999999999999999d"}, "interval")]
     for params, field in cases:
         for path in ("telemetry", "telemetry.csv"):
             if path == "telemetry.csv" and field in ("limit", "order"):

@@ -33,6 +33,10 @@ router = APIRouter(tags=["telemetry"])
 MAX_LIMIT = 100_000
 MAX_BUCKETS = 100_000
 MIN_INTERVAL_MS = 1_000
+MAX_INTERVAL_MS = 366 * DAY_MS
+# 9999-12-31T23:59:59.999Z, the last instant ISO 8601 can name: larger numbers would overflow
+# the databases' 64-bit integers instead of answering a clear 422.
+MAX_TS_MS = 253_402_300_799_999
 
 
 def _store(request: Request) -> SqlTelemetryStore:
@@ -61,6 +65,8 @@ def _window(start: str | None, end: str | None) -> tuple[int, int]:
         raise _bad("start", str(e)) from None
     if start_ms < 0:
         raise _bad("start", "must not be before 1970-01-01")
+    if end_ms > MAX_TS_MS + 1:
+        raise _bad("end", "must not be after 9999-12-31")
     if end_ms <= start_ms:
         raise _bad("end", f"must be after start (start={start_ms}, end={end_ms})")
     return start_ms, end_ms
@@ -75,8 +81,8 @@ def _interval(interval: str | None, agg: str | None, start_ms: int, end_ms: int)
         ms = parse_interval(interval)
     except ValueError as e:
         raise _bad("interval", str(e)) from None
-    if ms < MIN_INTERVAL_MS:
-        raise _bad("interval", f"must be at least {MIN_INTERVAL_MS} ms")
+    if not MIN_INTERVAL_MS <= ms <= MAX_INTERVAL_MS:
+        raise _bad("interval", f"must be between {MIN_INTERVAL_MS} ms and 366 days")
     if (end_ms - start_ms) // ms > MAX_BUCKETS:
         raise _bad("interval", f"the range holds more than {MAX_BUCKETS} intervals; choose a longer "
                                f"interval or a shorter range")
