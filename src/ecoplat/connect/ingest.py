@@ -51,6 +51,9 @@ ERROR_LOG_PER_DEVICE = 50
 # One log line per (device, reason) per this many seconds, whatever the reject rate.
 REJECT_LOG_INTERVAL_S = 10.0
 REJECT_FLUSH_INTERVAL_S = 1.0
+# Under load, device status counters are written at most this often (one UPDATE batch each);
+# when the queue runs empty they are written at once, so an idle device's page is current.
+STATUS_FLUSH_INTERVAL_S = 0.5
 # How often the writer looks for devices that went quiet longer than their profile's
 # inactivity timeout (they are then announced offline on device.<enterprise>.<device>).
 PRESENCE_SWEEP_S = 5.0
@@ -138,8 +141,12 @@ class IngestPipeline:
         self._flush_lock = threading.Lock()
         self._last_reject_flush = time.monotonic()
 
-        self._activity: dict[int, str] = {}
-        self._activity_messages: dict[int, int] = {}
+        # Device status counters waiting to be written (last activity, messages, points).
+        self._status_lock = threading.Lock()
+        self._pending_activity: dict[int, str] = {}
+        self._pending_messages: dict[int, int] = {}
+        self._pending_points: dict[int, int] = {}
+        self._last_status_flush = 0.0
 
         # device → (enterprise, monotonic time last seen) for the devices currently online
         self._presence: dict[int, tuple[int, float]] = {}
@@ -269,14 +276,14 @@ class IngestPipeline:
             if batch:
                 self._write(batch)
             if time.monotonic() - self._last_reject_flush >= REJECT_FLUSH_INTERVAL_S:
-                self._flush_activity()
+                self._flush_status()
                 self.flush_rejects()
             if time.monotonic() - self._last_presence_sweep >= PRESENCE_SWEEP_S:
                 self.sweep_presence()
             with self._cond:
                 if self._stopping and not self._items:
                     break
-        self._flush_activity()
+        self._flush_status()
 
     def _write(self, batch: list[_Submission]) -> None:
         enterprise_of: dict[int, int] = {}
@@ -392,30 +399,36 @@ class IngestPipeline:
             self._space.set()
 
     def _update_status(self, points_of: Mapping[int, int], messages_of: Mapping[int, int]) -> None:
-        now = utcnow()
-        with self._reject_lock:
-            activity = self._activity
-            extra_messages = self._activity_messages
-            self._activity, self._activity_messages = {}, {}
-        rows = [{"b_id": d, "b_seen": now, "b_activity": activity.pop(d, "telemetry"),
-                 "b_messages": messages_of[d] + extra_messages.pop(d, 0), "b_points": n}
-                for d, n in points_of.items()]
-        rows += [{"b_id": d, "b_seen": now, "b_activity": a, "b_messages": extra_messages.pop(d, 0),
-                  "b_points": 0} for d, a in activity.items()]
-        self._execute_status(rows)
+        with self._status_lock:
+            pending_points, pending_messages, activity = (self._pending_points, self._pending_messages,
+                                                          self._pending_activity)
+            for d, n in points_of.items():
+                pending_points[d] = pending_points.get(d, 0) + n
+                pending_messages[d] = pending_messages.get(d, 0) + messages_of[d]
+                activity[d] = "telemetry"
+        if not self._items or time.monotonic() - self._last_status_flush >= STATUS_FLUSH_INTERVAL_S:
+            self._flush_status()
 
-    def _flush_activity(self) -> None:
-        with self._reject_lock:
-            activity, extra_messages = self._activity, self._activity_messages
-            self._activity, self._activity_messages = {}, {}
-        if not activity:
-            return
+    def _flush_status(self) -> None:
+        """Writes the pending status counters: one executemany for every device touched."""
+        self._last_status_flush = time.monotonic()
+        with self._status_lock:
+            activity, messages, points = self._pending_activity, self._pending_messages, self._pending_points
+            if not activity:
+                return
+            self._pending_activity, self._pending_messages, self._pending_points = {}, {}, {}
         now = utcnow()
+        rows = [{"b_id": d, "b_seen": now, "b_activity": a, "b_messages": messages.get(d, 0),
+                 "b_points": points.get(d, 0)} for d, a in activity.items()]
         try:
-            self._execute_status([{"b_id": d, "b_seen": now, "b_activity": a, "b_messages": extra_messages.get(d, 0),
-                                   "b_points": 0} for d, a in activity.items()])
+            self._execute_status(rows)
         except Exception:
-            log.exception("updating device activity failed")
+            log.exception("updating the status of %d devices failed; kept for the next try", len(rows))
+            with self._status_lock:
+                for d, a in activity.items():
+                    self._pending_activity.setdefault(d, a)
+                    self._pending_messages[d] = self._pending_messages.get(d, 0) + messages.get(d, 0)
+                    self._pending_points[d] = self._pending_points.get(d, 0) + points.get(d, 0)
 
     def _execute_status(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -430,10 +443,10 @@ class IngestPipeline:
 
     def note_activity(self, device_id: int, activity: str, *, messages: int = 1) -> None:
         """Marks a device seen for a message that carried no telemetry (attributes, connect, RPC);
-        written with the next batch's status update."""
-        with self._reject_lock:
-            self._activity[device_id] = activity[:32]
-            self._activity_messages[device_id] = self._activity_messages.get(device_id, 0) + messages
+        written with the next status update (within a second)."""
+        with self._status_lock:
+            self._pending_activity[device_id] = activity[:32]
+            self._pending_messages[device_id] = self._pending_messages.get(device_id, 0) + messages
 
     # ---- rejects ------------------------------------------------------------------------------
 
