@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -175,6 +176,14 @@ def test_sme_admin_signs_in_switches_language_and_sees_site_tree(demos: list[Run
             fresh.get_by_label("Password").fill(account["password"])
             fresh.get_by_role("button", name="Sign in").click()
             expect(fresh.get_by_role("heading", name="厂区结构")).to_be_visible()
+
+            # The audit log filters in place (HTMX swaps the results, the URL follows).
+            page.goto(demo.url + "/audit")
+            page.evaluate("window.__not_reloaded = true")
+            page.locator("#entity_type").select_option("area")
+            expect(page).to_have_url(re.compile(r"/audit\?.*entity_type=area"))
+            expect(page.locator("#audit-events tbody tr[data-event-id]")).to_have_count(3)
+            assert page.evaluate("window.__not_reloaded === true")
 
             # And back to English.
             page.goto(demo.url + "/enterprise")

@@ -377,7 +377,13 @@ def test_audit_log_date_filter_uses_enterprise_days(web: TestClient, demo: DemoW
     future = (datetime.now(UTC) + timedelta(days=3)).date().isoformat()
     assert "No events match these filters." in web.get(f"/audit?since={future}").text
     assert "data-event-id" in web.get(f"/audit?until={future}").text
-    assert web.get("/audit?since=not-a-date").status_code == 422
+    bad = web.get("/audit?since=not-a-date&until=")
+    assert bad.status_code == 422
+    assert re.search(r'id="e-since"[^>]*>Enter a date like 2026-11-27', bad.text)
+    assert 'value="not-a-date"' in bad.text
+    # Empty fields (what a submitted filter form sends) mean "no filter".
+    assert web.get("/audit?entity_type=&action=&actor=&entity_id=&since=&until=").status_code == 200
+    assert "data-event-id" in web.get("/audit?cursor=tampered").text
 
 
 # ---------------------------------------------------------------- language

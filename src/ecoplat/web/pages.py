@@ -395,34 +395,56 @@ def _day_start(day: date | None, tz: ZoneInfo) -> datetime | None:
     return datetime.combine(day, time.min, tzinfo=tz) if day else None
 
 
+def _parse_day(request: Request, value: str | None, field: str, errors: dict[str, str]) -> date | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        errors[field] = translate(request, "Enter a date like 2026-11-27.")
+        return None
+
+
 @router.get("/audit", response_class=HTMLResponse)
 def audit_page(request: Request, db: DbSession, principal: PagePrincipal,
                entity_type: str | None = None, action: str | None = None, actor: str | None = None,
-               entity_id: str | None = None, since: date | None = None, until: date | None = None,
+               entity_id: str | None = None, since: str | None = None, until: str | None = None,
                cursor: str | None = None) -> Response:
     principal.require("audit:read")
     ent = db.get(Enterprise, principal.enterprise_id)
     tz_name = ent.timezone if ent else "UTC"
     tz = _zone(tz_name)
+    errors: dict[str, str] = {}
+    since_day = _parse_day(request, since, "since", errors)
+    until_day = _parse_day(request, until, "until", errors)
     filters = {"entity_type": (entity_type or "").strip() or None, "action": (action or "").strip() or None,
                "actor_label": (actor or "").strip() or None, "entity_id": (entity_id or "").strip() or None}
-    # Days are the reader's: 'until 2026-11-27' means through the end of that day in the enterprise's zone.
-    until_dt = _day_start(until, tz)
-    try:
-        events, next_cursor = tenancy.list_audit_events(
-            db, actor=principal, page=PageParams(limit=PAGE_LIMIT, cursor=cursor or None),
-            since=_day_start(since, tz), until=until_dt + timedelta(days=1) if until_dt else None,
-            enterprise_id=None if principal.is_platform_admin else principal.enterprise_id, **filters)
-    except ProblemError as e:
-        if e.status != 422:
-            raise
-        events, next_cursor = [], None
+    events: list[Any] = []
+    next_cursor = None
+    if not errors:
+        # Days are the reader's: 'until 2026-11-27' means through the end of that day in the enterprise's zone.
+        until_dt = _day_start(until_day, tz)
+        try:
+            events, next_cursor = tenancy.list_audit_events(
+                db, actor=principal, page=PageParams(limit=PAGE_LIMIT, cursor=cursor or None),
+                since=_day_start(since_day, tz), until=until_dt + timedelta(days=1) if until_dt else None,
+                enterprise_id=None if principal.is_platform_admin else principal.enterprise_id, **filters)
+        except ProblemError as e:
+            if e.status != 422:
+                raise
+            # Only the cursor can be malformed here (a tampered link): start from the first page.
+            errors["cursor"] = translate(request, "This page link is no longer valid; showing the newest events.")
+            events, next_cursor = tenancy.list_audit_events(
+                db, actor=principal, page=PageParams(limit=PAGE_LIMIT), since=_day_start(since_day, tz),
+                until=until_dt + timedelta(days=1) if until_dt else None,
+                enterprise_id=None if principal.is_platform_admin else principal.enterprise_id, **filters)
     rows = [{"event": ev, "diff": audit_diff(ev.before, ev.after)} for ev in events]
     params = {"entity_type": entity_type or "", "action": action or "", "actor": actor or "",
-              "entity_id": entity_id or "", "since": since.isoformat() if since else "",
-              "until": until.isoformat() if until else ""}
+              "entity_id": entity_id or "", "since": (since or "").strip(), "until": (until or "").strip()}
     return render(request, "audit.html", {"rows": rows, "next_cursor": next_cursor, "params": params,
-                                          "timezone": tz_name, "action_labels": ACTION_LABELS,
+                                          "errors": errors, "timezone": tz_name, "action_labels": ACTION_LABELS,
                                           "entity_types": ["ecosystem", "enterprise", "ecosystem_membership", "site",
                                                            "area", "line", "workstation", "equipment", "user",
-                                                           "api_key"]})
+                                                           "api_key"]},
+                  status_code=422 if set(errors) - {"cursor"} else 200)
