@@ -178,3 +178,17 @@ def test_a_duplicate_that_slips_past_the_check_is_still_a_conflict(db: Session, 
     assert world.b.admin.email in e.value.detail
     # the unit of work is still usable after the failed savepoint
     assert service.get_user(db, actor=principal(db, world.a.admin), user_id=world.a.admin.id).id == world.a.admin.id
+
+
+def test_deleting_an_object_another_domain_still_references_is_a_conflict(db: Session, world: World) -> None:
+    from sqlalchemy import text
+
+    site = make_site(db, world.a.enterprise)
+    # a table of some future domain that references sites without ON DELETE CASCADE
+    db.execute(text("CREATE TABLE tmp_site_refs (id INTEGER PRIMARY KEY, "
+                    "site_id INTEGER NOT NULL REFERENCES sites(id))"))
+    db.execute(text("INSERT INTO tmp_site_refs (id, site_id) VALUES (1, :s)"), {"s": site.id})
+    with pytest.raises(Conflict) as e:
+        service.delete_site(db, actor=principal(db, world.a.admin), site_id=site.id)
+    assert "still referenced" in e.value.detail
+    assert service.get_site(db, actor=principal(db, world.a.admin), site_id=site.id).id == site.id

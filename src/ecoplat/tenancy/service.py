@@ -147,6 +147,17 @@ def _flush_unique(db: Session, message: str, obj: Any = None) -> None:
         raise Conflict(message) from e
 
 
+def _delete_referenced(db: Session, stmt: Any, what: str) -> None:
+    """Runs a DELETE in a savepoint: rows of other domains that still point at the object without
+    ON DELETE CASCADE make it a 409 the caller can act on, not a server error."""
+    try:
+        with db.begin_nested():
+            db.execute(stmt)
+    except IntegrityError as e:
+        raise Conflict(f"{what} is still referenced by other records (devices, rules, orders…); "
+                       "remove those first.") from e
+
+
 def _count(db: Session, model: Any, *where: Any) -> int:
     return int(db.scalar(select(func.count()).select_from(model).where(*where)) or 0)
 
@@ -574,7 +585,7 @@ def delete_enterprise(db: Session, *, actor: Principal, enterprise_id: int, casc
         raise Conflict(f"Enterprise '{ent.name}' still has {sites} site(s) and {users} user(s); delete "
                        "them first or delete with ?cascade=true.")
     before = audit.snapshot(ent)
-    db.execute(delete(Enterprise).where(Enterprise.id == ent.id))
+    _delete_referenced(db, delete(Enterprise).where(Enterprise.id == ent.id), f"Enterprise '{ent.name}'")
     db.expunge(ent)
     # The enterprise's own audit trail goes with it (ON DELETE CASCADE), so this event is kept at
     # platform level.
@@ -598,7 +609,7 @@ def _delete_plant(db: Session, *, actor: Principal, row: Any, kind: str,
         raise Conflict(f"This {kind} still has {listing}; delete them first or delete with ?cascade=true.")
     before = audit.snapshot(row)
     model = type(row)
-    db.execute(delete(model).where(model.id == row.id))
+    _delete_referenced(db, delete(model).where(model.id == row.id), f"This {kind}")
     db.expunge(row)
     audit.record(db, actor=actor, action="delete", entity_type=kind, entity_id=before["id"],
                  before=before, enterprise_id=before["enterprise_id"], ip=ip)
@@ -984,7 +995,7 @@ def delete_user(db: Session, *, actor: Principal, user_id: int, ip: str = "") ->
     if user.id == actor.user_id:
         raise Conflict("You cannot delete your own account.")
     before = audit.snapshot(user)
-    db.execute(delete(User).where(User.id == user.id))
+    _delete_referenced(db, delete(User).where(User.id == user.id), f"User {user.email}")
     db.expunge(user)
     audit.record(db, actor=actor, action="delete", entity_type="user", entity_id=user_id, before=before,
                  enterprise_id=before["enterprise_id"], ip=ip)
