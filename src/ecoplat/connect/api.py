@@ -35,8 +35,9 @@ from ecoplat.connect.schemas import (
     TokenOut,
 )
 from ecoplat.db import DbSession
-from ecoplat.errors import ProblemError
+from ecoplat.errors import Conflict, ProblemError
 from ecoplat.pagination import Page, PageQuery
+from ecoplat.tenancy import audit
 from ecoplat.tenancy.auth import Principal, require
 
 router = APIRouter()
@@ -227,9 +228,7 @@ async def rpc(actor: CanWrite, device_id: ObjectId, data: RpcIn, request: Reques
         with request.app.state.db.session() as db:
             device = service.get_device(db, actor=actor, device_id=device_id)
             if device.enterprise_id is None:
-                raise service.Conflict("This device has not been claimed yet.")
-            from ecoplat.tenancy import audit
-
+                raise Conflict("This device has not been claimed yet.")
             audit.record(db, actor=actor, action="rpc", entity_type="device", entity_id=device.id,
                          after={"method": data.method, "params": data.params, "oneway": data.oneway},
                          enterprise_id=device.enterprise_id, ip=client_ip(request))

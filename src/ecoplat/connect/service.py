@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Select, and_, func, not_, or_, select
 from sqlalchemy.orm import Session
 
+from ecoplat.connect.ingest import upsert_attributes
 from ecoplat.connect.models import (
     AttributeScope,
     Device,
@@ -448,8 +449,6 @@ def set_attributes(db: Session, *, actor: Principal, device_id: int, scope: Attr
             raise Unprocessable("body: attribute keys must be 1..200 characters",
                                 errors=[{"field": "body", "message": "bad key"}])
     device = _owned_device(db, actor=actor, device_id=device_id)
-    from ecoplat.connect.ingest import upsert_attributes
-
     before = {a.key: a.value for a in db.scalars(select(DeviceAttribute).where(
         DeviceAttribute.device_id == device.id, DeviceAttribute.scope == scope,
         DeviceAttribute.key.in_(list(values)))).all()}
