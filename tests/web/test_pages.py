@@ -205,6 +205,23 @@ def test_enterprise_page_shows_own_site_tree_with_counts(web: TestClient, demo: 
     assert "Asia/Shanghai" in text
 
 
+def test_site_tree_shows_connected_devices_under_their_equipment(web: TestClient, demo: DemoWorld) -> None:
+    sign_in(web, demo, SME_ADMIN)
+    html = web.get(f"/enterprises/{demo.enterprise_id('huaxin')}").text
+    devices = [d for d in demo.result.devices if d["enterprise"] == "Huaxin Salt Chemical Co."]
+    assert devices, "the connect domain seeds demo devices"
+    for device in devices:
+        assert f'href="/devices/{device["id"]}"' in html
+    # Listed inside the electrolyzer's row, with its status (no data yet: offline).
+    electrolyzer = re.search(r'<li class="node equipment"[^>]*>(?:(?!</li>).)*Membrane electrolyzer E-101(?:(?!</li>).)*</li>',
+                             html, re.S)
+    assert electrolyzer and "/devices/" in electrolyzer.group(0) and "offline" in electrolyzer.group(0)
+    # Another enterprise's page never lists them.
+    sign_in(web, demo, LARGE_ADMIN)
+    bohai = web.get(f"/enterprises/{demo.enterprise_id('bohai')}").text
+    assert not any(f'href="/devices/{d["id"]}"' in bohai for d in devices)
+
+
 def test_other_enterprise_page_answers_404_page(web: TestClient, demo: DemoWorld) -> None:
     sign_in(web, demo, SME_ADMIN)
     for key in ("bohai", "mekong", "harbor"):

@@ -75,6 +75,7 @@ KIND_LABELS = {"site": N_("Site"), "area": N_("Area"), "line": N_("Line"), "work
                "equipment": N_("Equipment")}
 ACTION_LABELS = {"create": N_("created"), "update": N_("updated"), "delete": N_("deleted"),
                  "login": N_("signed in"), "login_failed": N_("failed sign-in"), "revoke": N_("revoked")}
+DEVICE_STATUS_LABELS = {"online": N_("online"), "offline": N_("offline")}
 PAGE_LIMIT = 50
 TREE_BATCH = 500
 
@@ -267,6 +268,7 @@ def enterprise_page(request: Request, db: DbSession, principal: PagePrincipal, e
                     workstations.extend(_all(tenancy.list_workstations, db, principal, line_id=ln.id))
             equipment.extend(_all(tenancy.list_equipment, db, principal, site_id=s.id))
         tree = build_site_tree(sites, areas, lines, workstations, equipment)
+    devices = _devices_by_equipment(db, principal, ent.id) if show_tree else {}
     ecosystems = {e.id: e for e in _all(tenancy.list_ecosystems, db, principal)} if principal.can("ecosystem:read") else {}
     memberships = [{"name": _ecosystem_name(ecosystems[m.ecosystem_id], locale), "id": m.ecosystem_id,
                     "role": m.role.value} for m in view.memberships if m.ecosystem_id in ecosystems]
@@ -280,7 +282,24 @@ def enterprise_page(request: Request, db: DbSession, principal: PagePrincipal, e
         "membership_labels": MEMBERSHIP_LABELS,
         "kind_labels": KIND_LABELS,
         "iri_local_name": iri_local_name,
+        "devices": devices,
+        "device_status_labels": DEVICE_STATUS_LABELS,
     })
+
+
+def _devices_by_equipment(db: Session, principal: Principal, enterprise_id: int) -> dict[int, list[Any]]:
+    """The connected devices of each piece of equipment, through the connect service (which lists
+    the actor's own enterprise's devices only)."""
+    if enterprise_id != principal.enterprise_id or not principal.can("devices:read"):
+        return {}
+    from ecoplat.connect import service as connect
+
+    rows = _all(connect.list_devices, db, principal, filters=connect.DeviceFilters())
+    out: dict[int, list[Any]] = {}
+    for device in connect.to_out(db, rows):
+        if device.equipment_id is not None:
+            out.setdefault(device.equipment_id, []).append(device)
+    return out
 
 
 # ---------------------------------------------------------------- user admin
