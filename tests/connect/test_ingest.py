@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select, update
 from tests.connect.conftest import seed
 
-from ecoplat.connect.ingest import ERROR_LOG_PER_DEVICE, IngestPipeline, hash_token
+from ecoplat.connect.ingest import ERROR_LOG_PER_DEVICE, IngestPipeline, IngestStopped, hash_token
 from ecoplat.connect.models import Device, DeviceErrorLog, DeviceProfile, DeviceReject
 from ecoplat.db import Database
 from ecoplat.events import EventBus
@@ -132,10 +132,13 @@ def test_a_failed_write_errors_its_submitters_and_the_pipeline_keeps_going(real_
 
     try:
         asyncio.run(go())
+        pipeline.submit_blocking([Point(device_id, "v", 3, 3.0)], enterprise_id=tenant.enterprise_id)
     finally:
         pipeline.stop()
-    assert [s.value for s in store.range(device_id, ["v"], 0, 10)["v"]] == [2.0]
+    assert [s.value for s in store.range(device_id, ["v"], 0, 10)["v"]] == [2.0, 3.0]
     assert pipeline.stats.write_failures == 1 and pipeline.queued_points == 0
+    with pytest.raises(IngestStopped):  # after stop: a clear error, not a hang
+        asyncio.run(pipeline.submit([Point(device_id, "v", 4, 4.0)], enterprise_id=tenant.enterprise_id))
 
 
 def test_rejects_are_counted_per_device_and_reason_and_the_log_is_bounded(pipeline: IngestPipeline, real_db: Database):

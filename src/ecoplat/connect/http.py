@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from ecoplat.connect.ingest import DeviceRef, IngestPipeline, now_ms
+from ecoplat.connect.ingest import DeviceRef, IngestPipeline, IngestStopped, now_ms
 from ecoplat.connect.payloads import (
     PayloadError,
     RejectReason,
@@ -85,7 +85,10 @@ async def post_telemetry(token: Token, request: Request) -> Response:
         raise BadRequest(f"No usable value in the payload: {first.detail if first else 'empty'}",
                          reason=(first.reason.value if first else RejectReason.empty.value))
     assert ref.enterprise_id is not None
-    await pipeline.submit(points, enterprise_id=ref.enterprise_id)
+    try:
+        await pipeline.submit(points, enterprise_id=ref.enterprise_id)
+    except IngestStopped:
+        raise IngestUnavailable("Ingest is shutting down; send again shortly.", headers={"Retry-After": "5"}) from None
     return Response(status_code=200)
 
 

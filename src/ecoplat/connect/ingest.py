@@ -70,6 +70,10 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class IngestStopped(RuntimeError):
+    """submit() on a pipeline that is not running (shutting down or never started)."""
+
+
 @dataclass(slots=True, frozen=True)
 class DeviceRef:
     """What a transport needs to know about an authenticated device, cached per token."""
@@ -203,8 +207,8 @@ class IngestPipeline:
         while self._queued_points and self._queued_points + n > self.queue_max_points:
             self._space.clear()
             await self._space.wait()
-        if self._thread is None:
-            raise RuntimeError("the ingest pipeline is not running")
+        if self._thread is None or self._stopping:
+            raise IngestStopped("the ingest pipeline is not running")
         future: asyncio.Future[None] = loop.create_future()
         with self._cond:
             self._queued_points += n
@@ -218,6 +222,8 @@ class IngestPipeline:
         n = len(points)
         if n == 0:
             return
+        if self._thread is None or self._stopping:
+            raise IngestStopped("the ingest pipeline is not running")
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._queued_points and self._queued_points + n > self.queue_max_points:
