@@ -265,6 +265,28 @@ def test_customer_sees_own_enterprise_without_plant_and_no_admin_pages(web: Test
     assert web.get("/audit").status_code == 403
 
 
+def test_enterprise_list_is_scoped_and_searchable(web: TestClient, demo: DemoWorld) -> None:
+    sign_in(web, demo, PLATFORM_ADMIN)
+    everything = text_of(web.get("/enterprises").text)
+    for name in ("Ecoplat Platform Operations", "Bohai Chlor-Alkali Group", "Harbor Hotels Ltd.", "Sunrise Clinic"):
+        assert name in everything
+    found = text_of(web.get("/enterprises?q=chlor&size_class=small").text)
+    assert "Siam Chlor Products Co., Ltd." in found and "Bohai Chlor-Alkali Group" not in found
+    assert "Mekong" in text_of(web.get("/enterprises?country=vn").text)
+    # A steward sees the members of the ecosystem stewarded, not the other ecosystem's.
+    sign_in(web, demo, STEWARD)
+    page = web.get("/enterprises")
+    steward_view = text_of(page.text)
+    assert "Huaxin Salt Chemical Co." in steward_view and "Harbor Hotels Ltd." not in steward_view
+    assert 'href="/enterprises"' in page.text  # in the navigation
+    # An enterprise admin sees only their own, and has no such navigation entry.
+    sign_in(web, demo, SME_ADMIN)
+    page = web.get("/enterprises")
+    own_view = text_of(page.text)
+    assert "Huaxin Salt Chemical Co." in own_view and "Bohai" not in own_view
+    assert 'href="/enterprises"' not in page.text
+
+
 # ---------------------------------------------------------------- user admin
 
 

@@ -239,6 +239,31 @@ def _territories(locale: str) -> dict[str, str]:
 
 # ---------------------------------------------------------------- enterprise and its site tree
 
+@router.get("/enterprises", response_class=HTMLResponse)
+def enterprises_page(request: Request, db: DbSession, principal: PagePrincipal, q: str | None = None,
+                     country: str | None = None, size_class: str | None = None,
+                     cursor: str | None = None) -> Response:
+    """The enterprises one may see: all for a platform admin, the members of the ecosystems one
+    stewards for a steward, one's own otherwise (the tenancy service decides), with search."""
+    principal.require("enterprise:read")
+    locale = request_locale(request)
+    country_code = (country or "").strip().upper() or None
+    size = size_class if size_class in SIZE_LABELS else None
+    rows, next_cursor = tenancy.list_enterprises(db, actor=principal, page=PageParams(limit=PAGE_LIMIT,
+                                                                                      cursor=cursor or None),
+                                                 q=(q or "").strip() or None, country=country_code,
+                                                 size_class=size)
+    territories = _territories(locale)
+    return render(request, "enterprises.html", {
+        "enterprises": [{"id": e.id, "name": e.name, "country": e.country,
+                         "country_name": territories.get(e.country, e.country),
+                         "size_class": e.size_class.value, "isic_class": e.isic_class} for e in rows],
+        "next_cursor": next_cursor,
+        "params": {"q": q or "", "country": country_code or "", "size_class": size or ""},
+        "size_labels": SIZE_LABELS,
+    })
+
+
 @router.get("/enterprise")
 def own_enterprise(principal: PagePrincipal) -> Response:
     return RedirectResponse(f"/enterprises/{principal.enterprise_id}", status_code=303)

@@ -87,6 +87,7 @@ class NavItem:
 NAV: list[NavItem] = [
     NavItem("/", N_("Overview"), "ecosystem:read", order=10),
     NavItem("/enterprise", N_("Enterprise"), "enterprise:read", order=20),
+    NavItem("/enterprises", N_("Enterprises"), "platform:admin", order=21, roles=("ecosystem_steward",)),
     NavItem("/users", N_("Users"), "users:read", order=80),
     NavItem("/audit", N_("Audit log"), "audit:read", order=90),
 ]
