@@ -52,11 +52,17 @@ def test_create_from_the_page_shows_the_token_once(client, db: Session):
     assert new != token and device.token_hash == hash_token(new)
 
 
-def test_claim_from_the_page(client, db: Session):
+def test_steward_provisions_and_the_sme_claims_from_the_pages(client, db: Session):
     steward, sme = make_steward(db), make_actor(db)
-    code = client.post("/api/devices/provision", json={"name": "Cl2 detector SN-9"},
-                       headers=steward.headers).json()["claim_code"]
+    _signed_in(client, steward)
+    r = client.post("/devices/provision", data={"name": "Cl2 detector SN-9", "type": "chlorine_detector"})
+    assert r.status_code == 201
+    code = re.search(r'data-testid="claim-code">([^<]+)<', r.text).group(1)
+    listing = client.get("/devices").text
+    assert "Cl2 detector SN-9" in listing and code not in listing and "waiting to be claimed" in listing
+    assert client.post("/devices/provision", data={"name": ""}).status_code == 422
     _signed_in(client, sme)
+    assert "Pre-provisioned devices" not in client.get("/devices").text
     wrong = client.post("/devices/claim", data={"claim_code": "ZZZZ-ZZZZ-ZZZZ"})
     assert wrong.status_code == 404 and 'role="alert"' in wrong.text
     r = client.post("/devices/claim", data={"claim_code": code})

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from ecoplat.connect import service
 from ecoplat.connect.models import AttributeScope, DeviceProfile
-from ecoplat.connect.schemas import DeviceIn, DeviceStatus
+from ecoplat.connect.schemas import DeviceIn, DeviceStatus, ProvisionIn
 from ecoplat.db import DbSession
 from ecoplat.errors import Conflict, NotFound, ProblemError
 from ecoplat.pagination import PageParams
@@ -58,11 +58,19 @@ def _profiles(db: Session, principal: Principal) -> list[tuple[str, str]]:
 
 def _list_page(request: Request, db: Session, principal: Principal, *, q: str = "", status: str = "",
                cursor: str | None = None, values: dict[str, Any] | None = None, errors: dict[str, str] | None = None,
-               form_error: str | None = None, claim_error: str | None = None, status_code: int = 200) -> HTMLResponse:
+               form_error: str | None = None, claim_error: str | None = None, provision_error: str | None = None,
+               claim_codes: dict[int, str] | None = None, status_code: int = 200) -> HTMLResponse:
     filters = service.DeviceFilters(q=q or None, status=DeviceStatus(status) if status in ("online", "offline") else None)
     rows, next_cursor = service.list_devices(db, actor=principal, filters=filters,
                                              page=PageParams(limit=PAGE_LIMIT, cursor=cursor))
+    can_provision = principal.can("devices:provision")
+    provisioned = []
+    if can_provision:
+        unclaimed, _ = service.list_provisioned(db, actor=principal, page=PageParams(limit=PAGE_LIMIT))
+        provisioned = service.to_out(db, unclaimed)
     return render(request, "connect/devices.html", {
+        "can_provision": can_provision, "provisioned": provisioned,
+        "claim_codes": claim_codes or {}, "provision_error": provision_error,
         "devices": service.to_out(db, rows), "next_cursor": next_cursor, "q": q, "status": status,
         "status_labels": STATUS_LABELS, "profiles": [("", "—")] + _profiles(db, principal),
         "can_write": principal.can("devices:write"), "values": values or {}, "errors": errors or {},
@@ -113,6 +121,21 @@ async def devices_claim(request: Request, db: DbSession, principal: PagePrincipa
         return _list_page(request, db, principal, status_code=e.status, claim_error=e.detail)
     _credentials_changed(request, device.id, device.enterprise_id)
     return _device_page(request, db, principal, device.id, new_token=token)
+
+
+@router.post("/devices/provision", response_class=HTMLResponse)
+async def devices_provision(request: Request, db: DbSession, principal: PagePrincipal) -> Response:
+    """A steward pre-creates a device; its claim code is shown once, to hand to the claimer."""
+    principal.require("devices:provision")
+    form = await request.form()
+    try:
+        data = ProvisionIn.model_validate({"name": str(form.get("name", "")).strip(),
+                                           "type": str(form.get("type", "")).strip() or "default"})
+    except ValidationError:
+        return _list_page(request, db, principal, status_code=422,
+                          provision_error=translate(request, "Give the device a name."))
+    device, code = service.provision_device(db, actor=principal, data=data, ip=_ip(request))
+    return _list_page(request, db, principal, claim_codes={device.id: code}, status_code=201)
 
 
 def _device_page(request: Request, db: Session, principal: Principal, device_id: int, *,
