@@ -7,7 +7,7 @@ import re
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from tests.connect.builders import make_actor, make_steward
+from tests.connect.builders import make_actor, make_equipment, make_steward
 
 from ecoplat.connect.ingest import hash_token
 from ecoplat.connect.models import Device
@@ -103,3 +103,22 @@ def test_device_pages_speak_chinese(client, db: Session):
     assert "<h1>设备</h1>" in listing and "离线" in listing and "E-101 电解槽" in listing
     page = client.get(f"/devices/{device['id']}").text
     assert "更换令牌" in page and "按原因统计的错误" in page and "Rotate token" not in page
+
+
+def test_device_settings_assign_profile_and_equipment(client, db: Session):
+    admin, other = make_actor(db), make_actor(db)
+    eq = make_equipment(db, admin.enterprise_id)
+    foreign_eq = make_equipment(db, other.enterprise_id)
+    profile = client.post("/api/device-profiles", json={"name": "Chlorine gas detector"}, headers=admin.headers).json()
+    device = client.post("/api/devices", json={"name": "A-301"}, headers=admin.headers).json()
+    _signed_in(client, admin)
+    page = client.get(f"/devices/{device['id']}").text
+    assert "Chlorine gas detector" in page and "E-101" in page
+    r = client.post(f"/devices/{device['id']}", data={"label": "Cell room east wall", "profile_id": str(profile["id"]),
+                                                      "equipment_id": str(eq.id)}, follow_redirects=False)
+    assert r.status_code == 303
+    got = client.get(f"/api/devices/{device['id']}", headers=admin.headers).json()
+    assert (got["label"], got["profile_id"], got["equipment_id"]) == ("Cell room east wall", profile["id"], eq.id)
+    r = client.post(f"/devices/{device['id']}", data={"label": "x", "equipment_id": str(foreign_eq.id)})
+    assert r.status_code == 422 and 'id="e-equipment_id"' in r.text
+    assert client.get(f"/api/devices/{device['id']}", headers=admin.headers).json()["equipment_id"] == eq.id

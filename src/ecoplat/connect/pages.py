@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session
 
 from ecoplat.connect import service
 from ecoplat.connect.models import AttributeScope, DeviceProfile
-from ecoplat.connect.schemas import DeviceIn, DeviceStatus, ProvisionIn
+from ecoplat.connect.schemas import DeviceIn, DeviceStatus, DeviceUpdate, ProvisionIn
 from ecoplat.db import DbSession
-from ecoplat.errors import Conflict, NotFound, ProblemError
+from ecoplat.errors import Conflict, NotFound, ProblemError, Unprocessable
 from ecoplat.pagination import PageParams
+from ecoplat.tenancy import service as tenancy
 from ecoplat.tenancy.auth import Principal
 from ecoplat.web.auth import PagePrincipal, page_router
 from ecoplat.web.templating import N_, NAV, NavItem, render, translate
@@ -138,8 +139,16 @@ async def devices_provision(request: Request, db: DbSession, principal: PagePrin
     return _list_page(request, db, principal, claim_codes={device.id: code}, status_code=201)
 
 
+def _equipment_options(db: Session, principal: Principal) -> list[tuple[str, str]]:
+    if not principal.can("plant:read"):
+        return []
+    rows, _ = tenancy.list_equipment(db, actor=principal, page=PageParams(limit=500))
+    return [(str(e.id), f"{e.tag} {e.name}".strip()) for e in rows]
+
+
 def _device_page(request: Request, db: Session, principal: Principal, device_id: int, *,
-                 new_token: str | None = None, notice: str | None = None, status_code: int = 200) -> HTMLResponse:
+                 new_token: str | None = None, notice: str | None = None, status_code: int = 200,
+                 errors: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> HTMLResponse:
     device = service.get_device(db, actor=principal, device_id=_check_id(device_id))
     out = service.to_out(db, [device])[0]
     profile = db.get(DeviceProfile, device.profile_id) if device.profile_id else None
@@ -156,13 +165,21 @@ def _device_page(request: Request, db: Session, principal: Principal, device_id:
         "can_write": principal.can("devices:write") and device.enterprise_id is not None,
         "chart_keys": [k for k, s in samples if isinstance(s.value, int | float) and not isinstance(s.value, bool)],
         "scopes": [s.value for s in AttributeScope],
+        "profile_options": [("", "—")] + _profiles(db, principal),
+        "equipment_options": [("", "—")] + _equipment_options(db, principal),
+        "errors": errors or {},
+        "values": values if values is not None else {
+            "label": device.label, "profile_id": str(device.profile_id or ""),
+            "equipment_id": str(device.equipment_id or "")},
     }, status_code=status_code)
 
 
 @router.get("/devices/{device_id}", response_class=HTMLResponse)
-def device_page(request: Request, db: DbSession, principal: PagePrincipal, device_id: int) -> HTMLResponse:
+def device_page(request: Request, db: DbSession, principal: PagePrincipal, device_id: int,
+                saved: str | None = Query(None, max_length=1)) -> HTMLResponse:
     principal.require("devices:read")
-    return _device_page(request, db, principal, device_id)
+    notice = translate(request, "Saved.") if saved else None
+    return _device_page(request, db, principal, device_id, notice=notice)
 
 
 def _credentials_changed(request: Request, device_id: int, enterprise_id: int | None) -> None:
@@ -170,6 +187,26 @@ def _credentials_changed(request: Request, device_id: int, enterprise_id: int | 
     pipeline = getattr(request.app.state, "ingest", None)
     if pipeline is not None:
         pipeline.invalidate_device(device_id)
+
+
+@router.post("/devices/{device_id}", response_class=HTMLResponse)
+async def device_update(request: Request, db: DbSession, principal: PagePrincipal, device_id: int) -> Response:
+    """The device's settings: label, profile and the equipment it measures."""
+    form = await request.form()
+    values = {k: str(form.get(k, "")).strip() for k in ("label", "profile_id", "equipment_id")}
+    try:
+        data = DeviceUpdate.model_validate({"label": values["label"], "profile_id": values["profile_id"] or None,
+                                            "equipment_id": values["equipment_id"] or None})
+    except ValidationError as e:
+        errors = {str(err["loc"][0]): err["msg"] for err in e.errors() if err.get("loc")}
+        return _device_page(request, db, principal, device_id, errors=errors, values=values, status_code=422)
+    try:
+        service.update_device(db, actor=principal, device_id=_check_id(device_id), data=data, ip=_ip(request))
+    except Unprocessable as e:
+        field = (e.errors or [{}])[0].get("field", "label")
+        return _device_page(request, db, principal, device_id, errors={field: e.detail}, values=values,
+                            status_code=422)
+    return RedirectResponse(f"/devices/{device_id}?saved=1", status_code=303)
 
 
 @router.post("/devices/{device_id}/token/rotate", response_class=HTMLResponse)
