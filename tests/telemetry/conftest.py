@@ -1,5 +1,5 @@
 """Telemetry fixtures: the real store on the run's migrated database (SQLite, and PostgreSQL
-when enabled), and, per module, an app on a database of its own with committed tenants (the
+when enabled), and, per backend, an app on a database of its own with committed tenants (the
 store writes on its own connections, which a rolled-back test transaction would block)."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class ApiEnv:
     b: Tenant  # device B-1
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def api(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiEnv]:
     tmp: Path = tmp_path_factory.mktemp("telemetry-api")
     url = new_database_url(backend, tmp)
@@ -66,7 +66,7 @@ def api(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiE
         drop_postgres_database(url)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def live_server(api: ApiEnv) -> Iterator[str]:
     """The same app served by a real uvicorn on a free port (Server-Sent Events need a real
     streaming connection)."""
