@@ -217,3 +217,33 @@ def errors_by_reason(http: Any, tenant: Tenant, device_id: int) -> dict[str, int
     r = http.get(f"/api/devices/{device_id}/errors", headers=tenant.headers)
     assert r.status_code == 200, r.text
     return {item["reason"]: item["count"] for item in r.json()["by_reason"]}
+
+
+MOSQUITTO_BIN = "/usr/sbin/mosquitto"
+# What an ingest deployment's Mosquitto needs (see connect/bridge.py): Mosquitto's defaults hold a
+# subscriber to 20 messages in flight and drop beyond 1000 queued, which a consumer that acks only
+# after a durable write (and a restart after kill -9) exceeds.
+INGEST_MOSQUITTO_CONF = """listener {port} 127.0.0.1
+allow_anonymous true
+persistence false
+max_inflight_messages 0
+max_queued_messages 0
+"""
+
+
+@contextlib.contextmanager
+def ingest_mosquitto(tmp_dir: Path) -> Iterator[tuple[str, int]]:
+    """A Mosquitto of our own, configured for ingest, on a free port."""
+    if not Path(MOSQUITTO_BIN).exists():
+        _root._unavailable(f"Debian's mosquitto binary at {MOSQUITTO_BIN}")
+    port = free_port()
+    conf = tmp_dir / "mosquitto-ingest.conf"
+    conf.write_text(INGEST_MOSQUITTO_CONF.format(port=port))
+    proc = subprocess.Popen([MOSQUITTO_BIN, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _root._port_open("127.0.0.1", port, 0.2), timeout=10, message="mosquitto up")
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        proc.wait(5)

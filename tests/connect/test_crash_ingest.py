@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_support import (  # noqa: E402
     drop_postgres_database,
     free_port,
+    ingest_mosquitto,
     new_database_url,
     raw_series,
     seed_tenant,
@@ -48,10 +49,11 @@ class QoS1Stream:
     def __init__(self, host: str, port: int, topic: str, *, token: str | None) -> None:
         self.base_ts = int(time.time() * 1000) - 7_200_000
         self.topic = topic
-        self.acked: set[int] = set()
         self.published = 0
+        # Filled without a lock: set.add/dict assignment are atomic, and taking a lock around
+        # client.publish() would deadlock against paho's own callback lock.
+        self._acked_mids: set[int] = set()
         self._mid_ts: dict[int, int] = {}
-        self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"stream-{secrets.token_hex(4)}",
                                   clean_session=False)
         if token:
@@ -64,10 +66,7 @@ class QoS1Stream:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any = None, _p: Any = None) -> None:
-        with self._lock:
-            ts = self._mid_ts.get(mid)
-            if ts is not None:
-                self.acked.add(ts)
+        self._acked_mids.add(mid)
 
     def start(self) -> None:
         self._thread.start()
@@ -76,18 +75,17 @@ class QoS1Stream:
         start = time.monotonic()
         for i in range(TOTAL):
             ts = self.base_ts + i
-            with self._lock:
-                info = self.client.publish(self.topic, orjson.dumps({"ts": ts, "values": {"current_ka": i / 8}}),
-                                           qos=1)
-                self._mid_ts[info.mid] = ts
+            info = self.client.publish(self.topic, orjson.dumps({"ts": ts, "values": {"current_ka": i / 8}}),
+                                       qos=1)
+            self._mid_ts[info.mid] = ts
             self.published = i + 1
             delay = start + (i + 1) / RATE_PER_S - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
 
     def acked_snapshot(self) -> set[int]:
-        with self._lock:
-            return set(self.acked)
+        mids = set(self._acked_mids)
+        return {ts for mid, ts in list(self._mid_ts.items()) if mid in mids}
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -152,5 +150,6 @@ def test_kill_9_of_the_embedded_broker_loses_no_acknowledged_point_and_doubles_n
 
 
 def test_kill_9_of_a_bridge_ingest_process_loses_no_point_and_doubles_none(
-        backend: str, mosquitto: tuple[str, int], tmp_path: Path) -> None:
-    _run_crash(tmp_path, backend, bridge=mosquitto)
+        backend: str, tmp_path: Path) -> None:
+    with ingest_mosquitto(tmp_path) as broker:
+        _run_crash(tmp_path, backend, bridge=broker)

@@ -30,6 +30,7 @@ from mqtt_support import (  # noqa: E402
     drop_postgres_database,
     errors_by_reason,
     free_port,
+    ingest_mosquitto,
     latest,
     new_database_url,
     platform_settings,
@@ -162,7 +163,12 @@ def publish_stream(broker: tuple[str, int], topics_and_payloads: list[tuple[str,
 
 
 def test_two_ingest_processes_share_the_load_and_store_every_point_exactly_once(
-        backend: str, mosquitto: tuple[str, int], tmp_path: Path) -> None:
+        backend: str, tmp_path: Path) -> None:
+    with ingest_mosquitto(tmp_path) as broker:
+        _two_processes(backend, broker, tmp_path)
+
+
+def _two_processes(backend: str, mosquitto: tuple[str, int], tmp_path: Path) -> None:
     url = new_database_url(backend, tmp_path)
     upgrade(url)
     tenant = seed_tenant(url, devices=tuple(f"meter-{i}" for i in range(4)))
