@@ -289,6 +289,11 @@ class CompiledRule:
     on_delay_ms: int = 0
     off_delay_ms: int = 0
     evaluator: SimpleEval | None = None  # one per rule, used under the engine's lock
+    # Precomputed for the per-point checks.
+    check: Callable[[Any, Any, Point], bool | None] | None = None
+    limit_f: float = 0.0
+    clear_level: float = 0.0
+    setpoint_f: float = 0.0
 
 
 def compile_rule(spec: RuleSpec) -> CompiledRule:
@@ -367,6 +372,14 @@ def compile_rule(spec: RuleSpec) -> CompiledRule:
         rule.expression = compile_expression(source)
         rule.keys = rule.expression.names
         rule.limit = _number(params, "limit", required=False)
+    rule.limit_f = rule.limit or 0.0
+    low_side = kind in (RuleKind.low, RuleKind.low_low)
+    rule.clear_level = rule.limit_f + spec.deadband if low_side else rule.limit_f - spec.deadband
+    rule.setpoint_f = rule.setpoint or 0.0
+    if kind == RuleKind.deviation:
+        rule.check = _check_deviation_key if rule.reference_key is not None else _check_deviation_setpoint
+    else:
+        rule.check = _CHECKS[kind]
     return rule
 
 
@@ -546,82 +559,60 @@ class RuleEngine:
     # -- evaluation ---------------------------------------------------------------------------
 
     def evaluate(self, points: Sequence[Point]) -> list[ConditionChange]:
-        """Evaluates a batch in order; returns the condition changes it caused."""
+        """Evaluates a batch in order; returns the condition changes it caused.
+
+        Per point: one dict lookup, and per rule on that key a comparison; the delay logic runs
+        only when the condition differs from the alarm's or a delay is running. Expression rules
+        are evaluated once per device and timestamp, after all that instant's keys are in."""
         out: list[ConditionChange] = []
         index = self._index
+        devices = self._devices
+        multi = self._multi_keys
+        deferred: dict[int, tuple[int, dict[int, Binding], Value]] = {}
         with self._lock:
             for p in points:
-                if p.device_id not in self._devices:
-                    self._known(p.device_id)
-                bindings = index.get((p.device_id, p.key))
+                dev = p.device_id
+                if dev not in devices:
+                    self._known(dev)
+                bindings = index.get((dev, p.key))
                 if not bindings:
                     continue
-                keep = self._multi_keys.get(p.device_id)
+                if deferred and dev in deferred and deferred[dev][0] != p.ts:
+                    self._flush_expressions(dev, deferred.pop(dev), out)
+                keep = multi.get(dev)
                 if keep is not None and p.key in keep:
-                    self._latest.setdefault(p.device_id, {})[p.key] = p.value
+                    self._latest.setdefault(dev, {})[p.key] = p.value
                 for b in bindings:
-                    self._evaluate_binding(b, p, out)
+                    check = b.rule.check
+                    if check is None:  # an expression: wait for the rest of this instant
+                        entry = deferred.get(dev)
+                        if entry is None or entry[0] != p.ts:
+                            entry = (p.ts, {}, p.value)
+                        entry[1][id(b)] = b
+                        deferred[dev] = (entry[0], entry[1], p.value)
+                        continue
+                    raw = check(self, b, p)
+                    if raw is None:
+                        continue
+                    if raw is b.active and b.pending_since is None and b.clear_since is None:
+                        b.raw_active = raw
+                        continue
+                    b.raw_active = raw
+                    self._apply_delays(b, raw, p.ts, b.last_value, out)
+            for dev, entry in deferred.items():
+                self._flush_expressions(dev, entry, out)
         return out
 
-    def _evaluate_binding(self, b: Binding, p: Point, out: list[ConditionChange]) -> None:
-        rule = b.rule
-        kind = rule.kind
-        value: Value | None = p.value
-        if kind == RuleKind.stale:
-            b.last_ts = p.ts if b.last_ts is None else max(b.last_ts, p.ts)
-            b.last_value = p.value
-            raw = False
-        elif kind == RuleKind.expression:
-            raw_opt = self._expression(b)
-            if raw_opt is None:
-                return
-            raw = raw_opt
-        elif kind == RuleKind.state_match:
-            # True == 1 in Python; a state match must not confuse a boolean with a number.
-            is_bool = isinstance(p.value, bool)
-            raw = any(v == p.value and isinstance(v, bool) == is_bool for v in rule.match_values)
-        else:
-            x = _as_float(p.value)
-            if x is None:
-                return  # a text value cannot be compared with a limit; ingest validated types
-            limit = rule.limit or 0.0
-            db = rule.spec.deadband
-            if kind in (RuleKind.high, RuleKind.high_high):
-                raw = x >= limit - db if b.raw_active else x > limit
-            elif kind in (RuleKind.low, RuleKind.low_low):
-                raw = x <= limit + db if b.raw_active else x < limit
-            elif kind == RuleKind.deviation:
-                if rule.reference_key is not None:
-                    ref = self._latest.get(p.device_id, {}).get(rule.reference_key)
-                    ref_f = _as_float(ref) if ref is not None else None
-                    if ref_f is None:
-                        return
-                    own = self._latest.get(p.device_id, {}).get(rule.spec.key)
-                    own_f = _as_float(own) if own is not None else None
-                    if own_f is None:
-                        return
-                    x = own_f - ref_f
-                else:
-                    x = x - (rule.setpoint or 0.0)
-                value = x
-                dev = abs(x)
-                raw = dev >= limit - db if b.raw_active else dev > limit
-            else:  # rate of change over the window, in units per second or per minute
-                hist = b.history
-                assert hist is not None
-                hist.append((p.ts, x))
-                while len(hist) > 2 and hist[1][0] <= p.ts - rule.window_ms:
-                    hist.popleft()
-                old_ts, old_x = hist[0]
-                if p.ts <= old_ts:
-                    return
-                rate = (x - old_x) / (p.ts - old_ts) * rule.rate_per_ms
-                value = round(rate, 9)
-                signed = rate if rule.direction == "rise" else -rate if rule.direction == "fall" else abs(rate)
-                raw = signed >= limit - db if b.raw_active else signed > limit
-        b.raw_active = raw
-        b.last_value = value
-        self._apply_delays(b, raw, p.ts, value, out)
+    def _flush_expressions(self, dev: int, entry: tuple[int, dict[int, Binding], Value],
+                           out: list[ConditionChange]) -> None:
+        ts, bindings, value = entry
+        for b in bindings.values():
+            raw = self._expression(b)
+            if raw is None:
+                continue
+            b.raw_active = raw
+            b.last_value = value
+            self._apply_delays(b, raw, ts, value, out)
 
     def _expression(self, b: Binding) -> bool | None:
         expr = b.rule.expression
@@ -727,3 +718,103 @@ class RuleEngine:
             if b is not None:
                 b.active = True
                 b.raw_active = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-kind condition checks: (engine, binding, point) → the raw condition, or None to skip the
+# point. They set binding.last_value to the value the alarm reports. Deadband (ISA-18.2 §10.4.2):
+# an active condition clears only past the limit ∓ deadband.
+
+
+def _f(value: Value) -> float | None:
+    t = type(value)
+    if t is float or t is int:
+        return float(value)  # type: ignore[arg-type]
+    return _as_float(value)
+
+
+def _check_high(e: RuleEngine, b: Binding, p: Point) -> bool | None:
+    x = p.value if type(p.value) is float else _f(p.value)
+    if x is None:
+        return None  # a text value cannot be compared with a limit
+    b.last_value = p.value
+    r = b.rule
+    return x >= r.clear_level if b.raw_active else x > r.limit_f  # type: ignore[operator]
+
+
+def _check_low(e: RuleEngine, b: Binding, p: Point) -> bool | None:
+    x = p.value if type(p.value) is float else _f(p.value)
+    if x is None:
+        return None
+    b.last_value = p.value
+    r = b.rule
+    return x <= r.clear_level if b.raw_active else x < r.limit_f  # type: ignore[operator]
+
+
+def _check_deviation_setpoint(e: RuleEngine, b: Binding, p: Point) -> bool | None:
+    x = _f(p.value)
+    if x is None:
+        return None
+    r = b.rule
+    d = x - r.setpoint_f
+    b.last_value = d
+    d = abs(d)
+    return d >= r.clear_level if b.raw_active else d > r.limit_f
+
+
+def _check_deviation_key(e: RuleEngine, b: Binding, p: Point) -> bool | None:
+    r = b.rule
+    latest = e._latest.get(p.device_id)
+    if latest is None:
+        return None
+    own, ref = latest.get(r.spec.key), latest.get(r.reference_key or "")
+    if own is None or ref is None:
+        return None
+    own_f, ref_f = _f(own), _f(ref)
+    if own_f is None or ref_f is None:
+        return None
+    d = own_f - ref_f
+    b.last_value = d
+    d = abs(d)
+    return d >= r.clear_level if b.raw_active else d > r.limit_f
+
+
+def _check_rate(e: RuleEngine, b: Binding, p: Point) -> bool | None:
+    x = _f(p.value)
+    if x is None:
+        return None
+    r = b.rule
+    hist = b.history
+    assert hist is not None
+    hist.append((p.ts, x))
+    # Keep the newest sample at or before the window's start, so the rate spans the window.
+    while len(hist) > 2 and hist[1][0] <= p.ts - r.window_ms:
+        hist.popleft()
+    old_ts, old_x = hist[0]
+    if p.ts <= old_ts:
+        return None
+    rate = (x - old_x) / (p.ts - old_ts) * r.rate_per_ms
+    b.last_value = round(rate, 9)
+    signed = rate if r.direction == "rise" else -rate if r.direction == "fall" else abs(rate)
+    return signed >= r.clear_level if b.raw_active else signed > r.limit_f
+
+
+def _check_state(e: RuleEngine, b: Binding, p: Point) -> bool | None:
+    b.last_value = p.value
+    # True == 1 in Python; a state match must not confuse a boolean with a number.
+    is_bool = isinstance(p.value, bool)
+    return any(v == p.value and isinstance(v, bool) == is_bool for v in b.rule.match_values)
+
+
+def _check_stale(e: RuleEngine, b: Binding, p: Point) -> bool | None:
+    b.last_ts = p.ts if b.last_ts is None else max(b.last_ts, p.ts)
+    b.last_value = p.value
+    return False
+
+
+_CHECKS: dict[RuleKind, Callable[[RuleEngine, Binding, Point], bool | None] | None] = {
+    RuleKind.high: _check_high, RuleKind.high_high: _check_high,
+    RuleKind.low: _check_low, RuleKind.low_low: _check_low,
+    RuleKind.rate_of_change: _check_rate, RuleKind.state_match: _check_state,
+    RuleKind.stale: _check_stale, RuleKind.expression: None,
+}

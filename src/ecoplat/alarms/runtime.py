@@ -1,6 +1,7 @@
 """The alarm runtime, started by the app lifespan after connect's ingest pipeline.
 
-    ingest writer thread ──listener──► RuleEngine.evaluate (a dict lookup per point)
+    ingest writer thread ──listener (a queue put)──► alarm evaluator thread:
+                                     RuleEngine.evaluate (a dict lookup per point)
                                               │ condition changes (rare)
                                               ▼
                               alarm writer thread: one transaction per batch
@@ -8,8 +9,9 @@
                                               │
                                               └──wake──► notification dispatcher thread
 
-The writer thread keeps database work out of the ingest path: evaluating a batch costs the
-ingest thread only the engine's lookups. A ticker feeds the engine the wall clock for stale
+The ingest writer thread only hands the batch over, so rules never delay the next durable batch
+(nor the QoS 1 acknowledgements that wait for it); database work stays off the evaluator, so an
+alarm burst never delays evaluation. A ticker feeds the engine the wall clock for stale
 data and delays that expire while a device is silent, and expires shelving.
 """
 
@@ -50,7 +52,9 @@ class AlarmRuntime:
         self.engine = RuleEngine(device_resolver=self._resolve_device)
         self.dispatcher = dispatcher or Dispatcher(database)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._points: queue.SimpleQueue[Sequence[Point] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._evaluator: threading.Thread | None = None
         self._unsubscribe: list[Callable[[], None]] = []
         self.points_evaluated = 0
         self.changes_written = 0
@@ -75,6 +79,8 @@ class AlarmRuntime:
         self.load()
         self._thread = threading.Thread(target=self._run, name="ecoplat-alarm-writer", daemon=True)
         self._thread.start()
+        self._evaluator = threading.Thread(target=self._evaluate_loop, name="ecoplat-alarm-evaluator", daemon=True)
+        self._evaluator.start()
         self._unsubscribe.append(self.events.add_listener("alarm_rule.", self._on_rule_event))
         self.dispatcher.start()
 
@@ -82,6 +88,10 @@ class AlarmRuntime:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
+        if self._evaluator is not None:
+            self._points.put(None)
+            self._evaluator.join(timeout)
+            self._evaluator = None
         if self._thread is not None:
             self._queue.put(("stop", None))
             self._thread.join(timeout)
@@ -92,10 +102,20 @@ class AlarmRuntime:
 
     def on_points(self, points: Sequence[Point]) -> None:
         """The ingest listener: runs in the ingest writer thread after each durable batch."""
-        changes = self.engine.evaluate(points)
-        if changes:
-            self._queue.put(("changes", changes))
-        self.points_evaluated += len(points)
+        self._points.put(points)
+
+    def _evaluate_loop(self) -> None:
+        while True:
+            points = self._points.get()
+            if points is None:
+                return
+            try:
+                changes = self.engine.evaluate(points)
+                if changes:
+                    self._queue.put(("changes", changes))
+            except Exception:
+                log.exception("evaluating %d points against the alarm rules failed", len(points))
+            self.points_evaluated += len(points)
 
     def tick(self, now_ms: int | None = None) -> None:
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
