@@ -112,3 +112,28 @@ def test_banner_prints_url_and_every_account(tmp_path: Path) -> None:
     out = console.export_text()
     assert "http://127.0.0.1:8123" in out
     assert DEMO_SME_ADMIN in out and "demo-pw-1234" in out and "ops@x.example" in out and "demo-pw-9" in out
+
+
+def test_demo_moves_off_a_taken_default_port_but_keeps_a_chosen_one() -> None:
+    import socket
+
+    from ecoplat.demo import choose_demo_ports, port_is_free
+
+    with socket.socket() as http_holder, socket.socket() as mqtt_holder:
+        for holder in (http_holder, mqtt_holder):
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+        http_taken, mqtt_taken = http_holder.getsockname()[1], mqtt_holder.getsockname()[1]
+        assert not port_is_free("127.0.0.1", http_taken)
+        settings = Settings(port=http_taken, mqtt_port=mqtt_taken)
+        notes = choose_demo_ports(settings, http_explicit=False, mqtt_explicit=False)
+        assert settings.port != http_taken and settings.mqtt_port != mqtt_taken
+        assert settings.port != settings.mqtt_port
+        assert port_is_free("127.0.0.1", settings.port) and port_is_free("127.0.0.1", settings.mqtt_port)
+        assert len(notes) == 2 and str(mqtt_taken) in notes[1]
+        chosen = Settings(port=http_taken, mqtt_port=mqtt_taken)
+        assert choose_demo_ports(chosen, http_explicit=True, mqtt_explicit=True) == []
+        assert (chosen.port, chosen.mqtt_port) == (http_taken, mqtt_taken)
+        bridged = Settings(port=http_taken, mqtt_port=mqtt_taken, mqtt_bridge_url="mqtt://127.0.0.1:1883")
+        choose_demo_ports(bridged, http_explicit=True, mqtt_explicit=False)
+        assert bridged.mqtt_port == mqtt_taken  # no embedded broker to move

@@ -70,9 +70,13 @@ def serve(data_dir: DataDir = None, host: Host = None, port: Port = None, mqtt_p
 def demo(data_dir: DataDir = None, host: Host = None, port: Port = None, mqtt_port: MqttPort = None,
          simulate: Annotated[bool, typer.Option(help="Run simulated devices so the pages are alive.")] = True) -> None:
     """Migrate, seed the demo ecosystems, and start the platform with simulated devices."""
-    from ecoplat.demo import print_demo_banner, seed_demo
+    from ecoplat.demo import choose_demo_ports, print_demo_banner, seed_demo
 
     settings = _settings(data_dir, host=host, port=port, mqtt_port=mqtt_port)
+    # A default port already taken (e.g. Mosquitto on 1883) moves to the next free one.
+    for note in choose_demo_ports(settings, http_explicit=port is not None or "ECOPLAT_PORT" in os.environ,
+                                  mqtt_explicit=mqtt_port is not None or "ECOPLAT_MQTT_PORT" in os.environ):
+        console.print(f"[yellow]{note}[/yellow]")
     _migrate(settings)
     result = seed_demo(settings)
     print_demo_banner(settings, result, console)

@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -417,6 +418,44 @@ def demo_url(settings: Settings) -> str:
 TABLE_WIDTH = 150
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (the way uvicorn and amqtt will bind)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR as the servers set it: a port in TIME_WAIT counts as free, a listener not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _next_free(host: str, start: int, taken: set[int]) -> int:
+    for candidate in range(start, min(start + 200, 65536)):
+        if candidate not in taken and port_is_free(host, candidate):
+            return candidate
+    raise RuntimeError(f"No free port on {host} from {start} on; pass one with --port/--mqtt-port.")
+
+
+def choose_demo_ports(settings: Settings, *, http_explicit: bool, mqtt_explicit: bool) -> list[str]:
+    """The demo should start on any machine: when a default port is taken (a Mosquitto on 1883,
+    another demo on 8000) and the user did not ask for that port, take the next free one.
+    Ports the user chose are left alone, so a clash fails loudly. Returns what was moved."""
+    notes: list[str] = []
+    if not http_explicit and not port_is_free(settings.host, settings.port):
+        new = _next_free(settings.host, settings.port + 1, set())
+        notes.append(f"HTTP port {settings.port} is in use; using {new} instead (choose one with --port).")
+        settings.port = new
+    embedded_broker = settings.mqtt_enabled and not settings.mqtt_bridge_url
+    if embedded_broker and not mqtt_explicit and not port_is_free(settings.mqtt_host, settings.mqtt_port):
+        new = _next_free(settings.mqtt_host, settings.mqtt_port + 1, {settings.port})
+        notes.append(f"MQTT port {settings.mqtt_port} is in use (another broker?); the embedded broker uses {new} "
+                     "instead (choose one with --mqtt-port).")
+        settings.mqtt_port = new
+    return notes
+
+
 def print_demo_banner(settings: Settings, result: DemoResult, console: Console) -> None:
     """The URL and the demo accounts, as a Rich panel and table."""
     url = demo_url(settings)
@@ -435,6 +474,8 @@ def print_demo_banner(settings: Settings, result: DemoResult, console: Console) 
              f"Accounts written to: {result.credentials_path}"]
     if result.devices_path:
         lines.append(f"Demo devices written to: {result.devices_path}")
+    if settings.mqtt_enabled and not settings.mqtt_bridge_url:
+        lines.append(f"MQTT (ThingsBoard device API): mqtt://{settings.mqtt_host}:{settings.mqtt_port}")
     lines.append(f"Sign in as the demo SME admin: {DEMO_SME_ADMIN}")
     console.print(Panel("\n".join(lines), title="Ecoplat demo", expand=False))
     if console.width < TABLE_WIDTH:
