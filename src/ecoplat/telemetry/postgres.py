@@ -87,6 +87,9 @@ class PostgresTelemetryStore(SqlTelemetryStore):
         self.conninfo = conninfo
         self._pool = ConnectionPool(conninfo, min_size=1, max_size=max_connections, open=True,
                                     kwargs={"autocommit": False}, name="ecoplat-telemetry")
+        # The writer has a connection of its own, so ingest never queues behind page reads.
+        self._write_pool = ConnectionPool(conninfo, min_size=1, max_size=1, open=True,
+                                          kwargs={"autocommit": False}, name="ecoplat-telemetry-writer")
         self._partitions: set[int] = set()
         self._staged_pids: set[int] = set()  # sessions that already have the staging table
         self._partitions_lock = threading.Lock()
@@ -98,6 +101,7 @@ class PostgresTelemetryStore(SqlTelemetryStore):
             yield conn
 
     def close(self) -> None:
+        self._write_pool.close()
         self._pool.close()
 
     # -- partitions -------------------------------------------------------------------------
@@ -147,7 +151,7 @@ class PostgresTelemetryStore(SqlTelemetryStore):
             self._write(points, enterprise_of)
 
     def _write(self, points: Sequence[Point], enterprise_of: Mapping[int, int]) -> None:
-        with self._write_lock, self._pool.connection() as conn:
+        with self._write_lock, self._write_pool.connection() as conn:
             try:
                 rows = self._stage_rows(conn, points, enterprise_of)
                 self._ensure_partitions({week_start(r[2]) for r in rows})
