@@ -153,7 +153,10 @@ class Workstation(TimestampMixin, Base):
 
 class Equipment(TimestampMixin, Base):
     __tablename__ = "equipment"
-    __table_args__ = (Index("ix_equipment_enterprise_id_id", "enterprise_id", "id"),)
+    __table_args__ = (
+        Index("ix_equipment_enterprise_id_id", "enterprise_id", "id"),
+        Index("ix_equipment_enterprise_id_equipment_type_iri_id", "enterprise_id", "equipment_type_iri", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     enterprise_id: Mapped[int] = mapped_column(ForeignKey("enterprises.id", ondelete="CASCADE"))
@@ -210,6 +213,10 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_events_enterprise_id_id", "enterprise_id", "id"),
         Index("ix_audit_events_entity", "entity_type", "entity_id"),
+        # The audit log's filters, newest first within one enterprise (keyset on id).
+        Index("ix_audit_events_enterprise_id_action_id", "enterprise_id", "action", "id"),
+        Index("ix_audit_events_enterprise_id_entity_type_id", "enterprise_id", "entity_type", "id"),
+        Index("ix_audit_events_enterprise_id_actor_id", "enterprise_id", "actor", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -161,6 +161,9 @@ def upgrade() -> None:
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.create_index('ix_audit_events_enterprise_id_id', ['enterprise_id', 'id'], unique=False)
         batch_op.create_index('ix_audit_events_entity', ['entity_type', 'entity_id'], unique=False)
+        batch_op.create_index('ix_audit_events_enterprise_id_action_id', ['enterprise_id', 'action', 'id'], unique=False)
+        batch_op.create_index('ix_audit_events_enterprise_id_entity_type_id', ['enterprise_id', 'entity_type', 'id'], unique=False)
+        batch_op.create_index('ix_audit_events_enterprise_id_actor_id', ['enterprise_id', 'actor', 'id'], unique=False)
 
     op.create_table('lines',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -220,6 +223,7 @@ def upgrade() -> None:
     with op.batch_alter_table('equipment', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_equipment_area_id'), ['area_id'], unique=False)
         batch_op.create_index('ix_equipment_enterprise_id_id', ['enterprise_id', 'id'], unique=False)
+        batch_op.create_index('ix_equipment_enterprise_id_equipment_type_iri_id', ['enterprise_id', 'equipment_type_iri', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_equipment_line_id'), ['line_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_equipment_site_id'), ['site_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_equipment_workstation_id'), ['workstation_id'], unique=False)
@@ -271,6 +275,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_equipment_workstation_id'))
         batch_op.drop_index(batch_op.f('ix_equipment_site_id'))
         batch_op.drop_index(batch_op.f('ix_equipment_line_id'))
+        batch_op.drop_index('ix_equipment_enterprise_id_equipment_type_iri_id')
         batch_op.drop_index('ix_equipment_enterprise_id_id')
         batch_op.drop_index(batch_op.f('ix_equipment_area_id'))
 
@@ -286,6 +291,9 @@ def downgrade() -> None:
 
     op.drop_table('lines')
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_events_enterprise_id_actor_id')
+        batch_op.drop_index('ix_audit_events_enterprise_id_entity_type_id')
+        batch_op.drop_index('ix_audit_events_enterprise_id_action_id')
         batch_op.drop_index('ix_audit_events_entity')
         batch_op.drop_index('ix_audit_events_enterprise_id_id')
 
