@@ -136,7 +136,15 @@ def _register_isolation_builders() -> None:
         db.flush()
         return ch.id
 
+    def profile(db: Session, tenant: IsolationTenant) -> int:
+        p = DeviceProfile(enterprise_id=tenant.enterprise_id, name=f"iso alarms {secrets.token_hex(3)}",
+                          default_rules=[{"name": "T high", "kind": "high", "key": "t", "params": {"limit": 1}}])
+        db.add(p)
+        db.flush()
+        return p.id
+
     register("/api/alarm-rules", bodies={"PATCH /api/alarm-rules/{rule_id}": {"priority": 1}})(rule)
+    register("/api/alarm-rules/from-profile")(profile)
     register("/api/alarms", bodies={
         "POST /api/alarms/{alarm_id}/shelve": {"minutes": 5, "reason": "taken over"},
         "POST /api/alarms/{alarm_id}/comment": {"text": "taken over"},

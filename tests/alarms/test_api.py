@@ -242,3 +242,32 @@ def test_notification_channels_hide_secrets_and_are_scoped(client: TestClient, p
     assert client.get(f"/api/notification-channels/{ch['id']}", headers=_h(other)).status_code == 404
     assert client.get("/api/notification-channels", headers=_h(other)).json()["items"] == []
     assert client.delete(f"/api/notification-channels/{ch['id']}", headers=_h(plant, "engineer")).status_code == 204
+
+
+def test_rules_from_profile_templates_are_created_once(client: TestClient, db: Session, plant: Plant) -> None:
+    from ecoplat.connect.models import DeviceProfile
+
+    profile = db.get(DeviceProfile, plant.profile_id)
+    assert profile is not None
+    profile.default_rules = [
+        {"name": "Cell voltage high", "kind": "high", "key": "cell_voltage_v", "params": {"limit": 3.45, "unit": "V"},
+         "priority": 2, "deadband": 0.02, "on_delay_s": 10},
+        {"name": "Broken template", "kind": "high", "key": "x", "params": {}},
+    ]
+    db.flush()
+    r = client.post(f"/api/alarm-rules/from-profile/{plant.profile_id}", headers=_h(plant, "engineer"))
+    assert r.status_code == 201, r.text
+    assert [(x["name"], x["profile_id"], x["on_delay_s"]) for x in r.json()] == [
+        ("Cell voltage high", plant.profile_id, 10.0)]
+    r = client.post(f"/api/alarm-rules/from-profile/{plant.profile_id}", headers=_h(plant, "engineer"))
+    assert r.json() == []
+
+
+def test_deleting_a_rule_closes_its_open_alarms_on_the_record(client: TestClient, db: Session, plant: Plant) -> None:
+    alarm = _raise_alarm(db, plant)
+    assert client.delete(f"/api/alarm-rules/{alarm.rule_id}", headers=_h(plant, "engineer")).status_code == 204
+    r = client.get(f"/api/alarms/{alarm.id}", headers=_h(plant, "operator"))
+    assert r.json()["state"] == "normal" and r.json()["closed_at"] is not None and r.json()["rule_id"] is None
+    transitions = client.get(f"/api/alarms/{alarm.id}/transitions", headers=_h(plant, "operator")).json()
+    assert transitions[-1]["action"] == "rule_deleted"
+    assert transitions[-1]["user_id"] == plant.people["engineer"].user_id

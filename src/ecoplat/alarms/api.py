@@ -68,6 +68,13 @@ def create_rule(request: Request, db: AlarmDb, actor: CurrentPrincipal, body: Al
     return AlarmRuleOut.model_validate(rule)
 
 
+@rules_router.post("/from-profile/{profile_id}", response_model=list[AlarmRuleOut], status_code=201)
+def rules_from_profile(request: Request, db: AlarmDb, actor: CurrentPrincipal, profile_id: ObjectId) -> list[AlarmRuleOut]:
+    """Creates the rules of a device profile's rule templates (default_rules) it does not have yet."""
+    rules = service.instantiate_profile_rules(db, actor=actor, profile_id=profile_id, ip=client_ip(request))
+    return [AlarmRuleOut.model_validate(r) for r in rules]
+
+
 @rules_router.get("/{rule_id}", response_model=AlarmRuleOut)
 def get_rule(db: DbSession, actor: CurrentPrincipal, rule_id: ObjectId) -> AlarmRuleOut:
     actor.require("alarms:read")

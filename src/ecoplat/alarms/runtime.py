@@ -64,6 +64,10 @@ class AlarmRuntime:
 
     def load(self) -> None:
         with self.database.session() as db:
+            created = service.instantiate_missing_profile_rules(db)
+            if created:
+                log.info("created %d alarm rules from device profile templates", created)
+        with self.database.session() as db:
             specs = service.load_enabled_rules(db)
             active = service.open_active_alarms(db)
         for spec in specs:

@@ -190,11 +190,73 @@ def delete_rule(db: Session, *, actor: Principal, rule_id: int, ip: str = "") ->
     rule = get_rule(db, actor=actor, rule_id=rule_id)
     before = audit.snapshot(rule)
     ent = rule.enterprise_id
+    # Its open alarms can never clear once the rule is gone: close them, on the record.
+    now = utcnow()
+    for alarm in db.scalars(select(Alarm).where(Alarm.rule_id == rule.id, Alarm.closed_at.is_(None))):
+        t = sm.Transition("rule_deleted", sm.AlarmState(alarm.state), sm.AlarmState.normal, to_ms(now),
+                          actor.user_id, "the alarm rule was deleted")
+        _apply(db, alarm, sm.AlarmStatus(), t)
     db.delete(rule)
     db.flush()
     audit.record(db, actor=actor, action="delete", entity_type="alarm_rule", entity_id=rule_id,
                  before=before, enterprise_id=ent, ip=ip)
     _queue_event(db, f"alarm_rule.{ent}", {"rule_id": rule_id, "deleted": True})
+
+
+_TEMPLATE_FIELDS = ("name", "kind", "key", "params", "priority", "deadband", "on_delay_s", "off_delay_s",
+                    "message_template", "enabled")
+
+
+def _rules_from_templates(db: Session, profile: Any) -> list[AlarmRule]:
+    """AlarmRule rows for a profile's rule templates (DeviceProfile.default_rules) that it does not
+    have yet (matched by name); templates that do not compile are skipped."""
+    have = set(db.scalars(select(AlarmRule.name).where(AlarmRule.profile_id == profile.id)))
+    out = []
+    for template in profile.default_rules or []:
+        if not isinstance(template, dict) or template.get("name", "") in have:
+            continue
+        values: dict[str, Any] = {"name": "", "key": "", "params": {}, "priority": 3, "deadband": 0.0,
+                                  "on_delay_s": 0.0, "off_delay_s": 0.0, "message_template": "", "enabled": True}
+        values.update({k: template[k] for k in _TEMPLATE_FIELDS if k in template})
+        rule = AlarmRule(enterprise_id=profile.enterprise_id, profile_id=profile.id, device_id=None, **values)
+        try:
+            compile_rule(_spec(rule))
+        except (RuleError, TypeError, ValueError):
+            continue
+        db.add(rule)
+        out.append(rule)
+    db.flush()
+    return out
+
+
+def instantiate_profile_rules(db: Session, *, actor: Principal, profile_id: int, ip: str = "") -> list[AlarmRule]:
+    """Creates the alarm rules of a device profile's rule templates (e.g. from the knowledge
+    graph's operating limits), once per template name."""
+    from ecoplat.connect.models import DeviceProfile
+
+    actor.require("alarms:configure")
+    profile = db.get(DeviceProfile, profile_id)
+    if profile is None or not actor.sees_enterprise(profile.enterprise_id or 0):
+        raise NotFound("device profile", profile_id)
+    rules = _rules_from_templates(db, profile)
+    for rule in rules:
+        audit.record(db, actor=actor, action="create", entity_type="alarm_rule", entity_id=rule.id, after=rule,
+                     enterprise_id=rule.enterprise_id, ip=ip)
+        _rule_changed(db, rule)
+    return rules
+
+
+def instantiate_missing_profile_rules(db: Session) -> int:
+    """At start-up: profiles with rule templates and no alarm rule at all get theirs, so a plant
+    set up from profiles (or the demo) has working alarms without another step."""
+    from ecoplat.connect.models import DeviceProfile
+
+    with_rules = select(AlarmRule.profile_id).where(AlarmRule.profile_id.is_not(None)).distinct()
+    created = 0
+    for profile in db.scalars(select(DeviceProfile).where(DeviceProfile.id.not_in(with_rules))):
+        if profile.default_rules and profile.enterprise_id is not None:
+            created += len(_rules_from_templates(db, profile))
+    return created
 
 
 def load_enabled_rules(db: Session) -> list[RuleSpec]:
