@@ -175,3 +175,36 @@ def test_openapi_declares_the_password_flow_for_docs_authorize(client) -> None: 
     assert flows and flows[0]["tokenUrl"] == "/api/auth/token"
     assert spec["paths"]["/api/sites"]["get"].get("security"), "routes must declare the bearer scheme"
     assert client.get("/docs").status_code == 200
+
+
+def test_unknown_email_costs_as_much_time_as_a_wrong_password(db: Session, world: World,
+                                                               settings: Settings) -> None:
+    import statistics
+    import time
+
+    from ecoplat.tenancy import service
+
+    from .builders import make_user
+
+    def timed(email: str) -> float:
+        start = time.perf_counter()
+        assert service.login(db, email=email, password="not-the-password", settings=settings).status == 401
+        return time.perf_counter() - start
+
+    timed("warm-up@example.com")  # the dummy hash is computed once, on first use
+    users = [make_user(db, world.a.enterprise) for _ in range(3)]
+    wrong = statistics.median(timed(u.email) for u in users)
+    unknown = statistics.median(timed(f"nobody{i}@example.com") for i in range(3))
+    # both pay one argon2 verification (tens of ms); without the dummy check unknown would be ~0
+    assert unknown > 0.5 * wrong, (unknown, wrong)
+
+
+def test_deactivated_users_tokens_stop_working(client, world: World, settings: Settings) -> None:
+    from .builders import headers_for
+
+    operator_headers = headers_for(settings, world.a.operator)
+    assert client.get("/api/auth/me", headers=operator_headers).status_code == 200
+    r = client.patch(f"/api/users/{world.a.operator.id}", headers=world.a.headers, json={"is_active": False})
+    assert r.status_code == 200
+    denied = client.get("/api/auth/me", headers=operator_headers)
+    assert denied.status_code == 401 and "deactivated" in denied.json()["detail"]
