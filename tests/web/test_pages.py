@@ -402,8 +402,8 @@ def test_audit_log_filters_and_shows_before_after(web: TestClient, demo: DemoWor
     assert f"user #{operator.id}" in text
     assert "Asia/Shanghai" in text
     # The diff marks the changed field with its before and after values.
-    assert re.search(r'<tr class="changed"><td>is_active</td>\s*<td class="before">True</td>\s*'
-                     r'<td class="after">False</td>', response.text)
+    assert re.search(r'<tr class="changed"><td>is_active</td>\s*<td class="before">true</td>\s*'
+                     r'<td class="after">false</td>', response.text)
     only_sites = text_of(web.get("/audit?entity_type=site").text)
     assert "site #" in only_sites and "user #" not in only_sites
     # The other enterprises' trails stay out.

@@ -49,6 +49,7 @@ from ecoplat.web.views import (
     build_site_tree,
     country_chart,
     iri_local_name,
+    show_value,
     size_class_chart,
 )
 
@@ -487,6 +488,7 @@ def audit_page(request: Request, db: DbSession, principal: PagePrincipal,
     params = {"entity_type": entity_type or "", "action": action or "", "actor": actor or "",
               "entity_id": entity_id or "", "since": (since or "").strip(), "until": (until or "").strip()}
     return render(request, "audit.html", {"rows": rows, "next_cursor": next_cursor, "params": params,
+                                          "show_value": show_value,
                                           "errors": errors, "timezone": tz_name, "action_labels": ACTION_LABELS,
                                           "entity_types": ["ecosystem", "enterprise", "ecosystem_membership", "site",
                                                            "area", "line", "workstation", "equipment", "user",

@@ -3,6 +3,7 @@ for the ecosystem overview, and the before/after diff of an audit event."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -130,3 +131,13 @@ def audit_diff(before: dict[str, Any] | None, after: dict[str, Any] | None,
     if before and after:
         rows.sort(key=lambda r: not r.changed)
     return rows
+
+
+def show_value(value: Any) -> str:
+    """An audit value as the API spells it (JSON: true, null, ["operator"]), so the log reads the same
+    as /api/audit-events."""
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
