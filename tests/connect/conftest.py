@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from tests.conftest import free_port
+from tests.conftest import drop_postgres_database, free_port, new_database_url
 from tests.connect.builders import SECRET, make_actor
 
 from ecoplat.app import create_app
@@ -21,6 +21,7 @@ from ecoplat.connect.ingest import IngestPipeline, hash_token
 from ecoplat.connect.models import Device
 from ecoplat.db import Database
 from ecoplat.events import EventBus
+from ecoplat.migrations_runner import upgrade
 from ecoplat.telemetry.store import open_store
 
 
@@ -50,16 +51,28 @@ def seed(database: Database, *names: str, gateways: tuple[str, ...] = ()) -> See
     return Seeded(actor.enterprise_id, actor.token, devices)
 
 
+@pytest.fixture(scope="module")
+def module_database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database of its own per test module and backend, for tests whose background
+    threads need real connections. Tests share it, each seeding its own enterprise and devices,
+    so creating and migrating a database (seconds on PostgreSQL) happens once per module."""
+    url = new_database_url(backend, tmp_path_factory.mktemp("connect-db"))
+    upgrade(url)
+    yield url
+    if backend == "postgres":
+        drop_postgres_database(url)
+
+
 @pytest.fixture
-def real_db(fresh_database_url: str) -> Iterator[Database]:
-    database = Database(fresh_database_url)
+def real_db(module_database_url: str) -> Iterator[Database]:
+    database = Database(module_database_url)
     yield database
     database.dispose()
 
 
 @pytest.fixture
-def store(fresh_database_url: str):  # type: ignore[no-untyped-def]
-    s = open_store(fresh_database_url)
+def store(module_database_url: str):  # type: ignore[no-untyped-def]
+    s = open_store(module_database_url)
     yield s
     s.close()
 
@@ -74,14 +87,14 @@ def pipeline(real_db: Database, store) -> Iterator[IngestPipeline]:  # type: ign
 
 
 @pytest.fixture
-def server(fresh_database_url: str, tmp_path: Path) -> Iterator[tuple[str, Database]]:
+def server(module_database_url: str, tmp_path: Path) -> Iterator[tuple[str, Database]]:
     """The app (real lifespan: telemetry store, ingest) served by uvicorn on a free port."""
-    settings = Settings(data_dir=tmp_path / "var", database_url=fresh_database_url, secret_key=SECRET,
+    settings = Settings(data_dir=tmp_path / "var", database_url=module_database_url, secret_key=SECRET,
                         mqtt_enabled=False, log_json=False, ingest_batch_max_ms=5)
-    database = Database(fresh_database_url)
+    database = Database(module_database_url)
     port = free_port()
     config = uvicorn.Config(create_app(settings, database=database), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
+                            log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

@@ -21,10 +21,10 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture
-def live(fresh_database_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, Database]]:
-    settings = Settings(data_dir=tmp_path / "var", database_url=fresh_database_url, secret_key=SECRET,
+def live(module_database_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, Database]]:
+    settings = Settings(data_dir=tmp_path / "var", database_url=module_database_url, secret_key=SECRET,
                         mqtt_enabled=False, log_json=False, ingest_batch_max_ms=5, max_payload_bytes=4096)
-    database = Database(fresh_database_url)
+    database = Database(module_database_url)
     app = create_app(settings, database=database)
     with TestClient(app) as client:
         yield client, database
