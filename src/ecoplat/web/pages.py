@@ -284,15 +284,24 @@ def enterprise_page(request: Request, db: DbSession, principal: PagePrincipal, e
     if show_tree:
         sites = _all(tenancy.list_sites, db, principal, enterprise_id=ent.id)
         areas, lines, workstations, equipment = [], [], [], []
-        for s in sites:
-            site_areas = _all(tenancy.list_areas, db, principal, site_id=s.id)
-            areas.extend(site_areas)
-            for a in site_areas:
-                area_lines = _all(tenancy.list_lines, db, principal, area_id=a.id)
-                lines.extend(area_lines)
-                for ln in area_lines:
-                    workstations.extend(_all(tenancy.list_workstations, db, principal, line_id=ln.id))
-            equipment.extend(_all(tenancy.list_equipment, db, principal, site_id=s.id))
+        if ent.id == principal.enterprise_id:
+            # One list per level: the service scopes each to the reader's own enterprise.
+            areas = _all(tenancy.list_areas, db, principal)
+            lines = _all(tenancy.list_lines, db, principal)
+            workstations = _all(tenancy.list_workstations, db, principal)
+            equipment = _all(tenancy.list_equipment, db, principal)
+        else:
+            # A platform admin looking at another enterprise: walk it parent by parent, since the
+            # unfiltered lists would span every enterprise.
+            for s in sites:
+                site_areas = _all(tenancy.list_areas, db, principal, site_id=s.id)
+                areas.extend(site_areas)
+                for a in site_areas:
+                    area_lines = _all(tenancy.list_lines, db, principal, area_id=a.id)
+                    lines.extend(area_lines)
+                    for ln in area_lines:
+                        workstations.extend(_all(tenancy.list_workstations, db, principal, line_id=ln.id))
+                equipment.extend(_all(tenancy.list_equipment, db, principal, site_id=s.id))
         tree = build_site_tree(sites, areas, lines, workstations, equipment)
     devices = _devices_by_equipment(db, principal, ent.id) if show_tree else {}
     ecosystems = {e.id: e for e in _all(tenancy.list_ecosystems, db, principal)} if principal.can("ecosystem:read") else {}
