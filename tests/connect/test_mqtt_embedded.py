@@ -123,6 +123,20 @@ def test_thingsboard_sdk_device_telemetry_attributes_and_rpc_read_back_exact(pla
                            _client_attributes(platform, device_id), message="client attributes stored")
         assert attrs["firmware"] == "2.1.0" and attrs["serial"] == "E-101" and attrs["channels"] == [1, 2]
 
+        # Shared attributes set over REST are pushed to the device; the device can ask for its
+        # client and shared attributes and gets ThingsBoard's answer shape.
+        pushed: list[dict[str, Any]] = []
+        client.subscribe_to_all_attributes(lambda content, _exc: pushed.append(content))
+        r = platform.http.post(f"/api/devices/{device_id}/attributes", params={"scope": "shared"},
+                               headers=platform.tenant.headers, json={"current_limit_ka": 13.5})
+        assert r.status_code == 200, r.text
+        assert wait_until(lambda: pushed, message="shared attribute pushed") == [{"current_limit_ka": 13.5}]
+        answers: list[dict[str, Any]] = []
+        client.request_attributes(client_keys=["serial"], shared_keys=["current_limit_ka"],
+                                  callback=lambda content, _exc: answers.append(content))
+        assert wait_until(lambda: answers, message="attribute response") == [
+            {"client": {"serial": "E-101"}, "shared": {"current_limit_ka": 13.5}}]
+
         # Server-side RPC through the REST API, answered by the SDK's handler.
         r = platform.http.post(f"/api/devices/{device_id}/rpc", headers=platform.tenant.headers,
                                json={"method": "setCurrentLimit", "params": {"limit_ka": 14}, "timeout_ms": 5000})
