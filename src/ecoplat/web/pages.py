@@ -340,9 +340,10 @@ def _devices_by_equipment(db: Session, principal: Principal, enterprise_id: int)
 # ---------------------------------------------------------------- user admin
 
 def _grantable_roles(principal: Principal) -> list[str]:
-    if principal.is_platform_admin:
-        return [r.value for r in Role]
-    return [r.value for r in Role if r.value in principal.roles]
+    """The roles the tenancy service lets this user grant (its rule, not a copy of it), in the
+    order of the Role enumeration."""
+    grantable = tenancy._grantable(principal)
+    return [r.value for r in Role if r.value in grantable]
 
 
 def _field_errors(request: Request, exc: ValidationError) -> dict[str, str]:
