@@ -203,6 +203,7 @@ def test_enterprise_page_shows_own_site_tree_with_counts(web: TestClient, demo: 
     assert text.index("Membrane cell room line 1") < text.index("Membrane electrolyzer E-101") < text.index(
         "Chlorine liquefaction")
     assert "Asia/Shanghai" in text
+    assert re.search(r'<a href="/enterprise" class="active" aria-current="page">', page.text)
 
 
 def test_site_tree_shows_connected_devices_under_their_equipment(web: TestClient, demo: DemoWorld) -> None:

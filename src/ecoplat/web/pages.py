@@ -319,6 +319,7 @@ def enterprise_page(request: Request, db: DbSession, principal: PagePrincipal, e
         "iri_local_name": iri_local_name,
         "devices": devices,
         "device_status_labels": DEVICE_STATUS_LABELS,
+        "nav_active": "/enterprise" if ent.id == principal.enterprise_id else "/enterprises",
     })
 
 

@@ -326,6 +326,9 @@ def render(request: Request, name: str, context: dict[str, Any] | None = None, *
     }
     if context:
         ctx.update(context)
+        if context.get("nav_active"):
+            # A page can say which entry it belongs to (/enterprises/7 is "/enterprise" for its own people).
+            ctx["nav"] = [dict(item, active=item["path"] == context["nav_active"]) for item in ctx["nav"]]
     html = template.render(ctx)
     response = HTMLResponse(html, status_code=status_code, headers=headers)
     apply_session_cookies(request, response)
