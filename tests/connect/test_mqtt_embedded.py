@@ -318,3 +318,35 @@ def test_device_only_subscribes_to_api_topics_and_rpc_reaches_only_its_device(pl
     finally:
         for c in clients.values():
             _stop(c)
+
+
+def test_token_rotation_ends_the_live_session_and_only_the_new_token_connects(platform: Platform) -> None:
+    device_id, old_token = platform.tenant.device("cell-2")
+    c = _connected_paho(platform, old_token)
+    dropped = threading.Event()
+    c.on_disconnect = lambda *_a: dropped.set()
+    c.reconnect_delay_set(30, 60)  # no quick automatic reconnect with the old token
+    try:
+        r = platform.http.post(f"/api/devices/{device_id}/token/rotate", headers=platform.tenant.headers)
+        assert r.status_code == 200, r.text
+        new_token = r.json()["access_token"]
+        assert dropped.wait(10), "the session with the rotated token stayed open"
+    finally:
+        _stop(c)
+
+    refused = paho_client(platform.port, old_token)
+    codes: list[Any] = []
+    refused.on_connect = lambda _c, _u, _f, rc, _p=None: codes.append(rc)
+    refused.connect("127.0.0.1", platform.port)
+    refused.loop_start()
+    wait_until(lambda: codes, message="CONNACK")
+    refused.loop_stop()
+    assert codes[0].is_failure
+
+    fresh = _connected_paho(platform, new_token)
+    try:
+        ts = int(time.time() * 1000)
+        _publish_acked(fresh, "v1/devices/me/telemetry", orjson.dumps({"ts": ts, "values": {"level_pct": 12.0}}))
+        assert latest(platform.http, platform.tenant, device_id)["level_pct"] == {"ts": ts, "value": 12.0}
+    finally:
+        _stop(fresh)

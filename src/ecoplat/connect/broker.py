@@ -89,6 +89,13 @@ class DeviceConnection:
         session = self._handler.session
         return session.client_id if session is not None and session.client_id else ""
 
+    async def close(self) -> None:
+        """Ends the connection (the broker then cleans the session up as for any disconnect)."""
+        writer = self._handler.writer
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await writer.close()
+
     async def publish(self, topic: str, payload: bytes, qos: int = QOS_1) -> None:
         if self._handler.session is None:
             return

@@ -132,6 +132,7 @@ class MqttDeviceApi:
         self._loop = asyncio.get_running_loop()
         self._unsubscribe.append(self.events.add_listener("rpc.", self._on_rpc_event))
         self._unsubscribe.append(self.events.add_listener("attributes.", self._on_attributes_event))
+        self._unsubscribe.append(self.events.add_listener("credentials.", self._on_credentials_event))
 
     def stop(self) -> None:
         for remove in self._unsubscribe:
@@ -404,6 +405,19 @@ class MqttDeviceApi:
 
     def _on_attributes_event(self, event: Event) -> None:
         self._schedule(self.push_shared_attributes(_device_id_of(event.topic), event.data))
+
+    def _on_credentials_event(self, event: Event) -> None:
+        # Token rotated or revoked: as ThingsBoard does, the device's live sessions end now, and it
+        # must reconnect with its current token (the old one is refused from here on).
+        self._schedule(self.disconnect_device(_device_id_of(event.topic)))
+
+    async def disconnect_device(self, device_id: int | None) -> int:
+        conns = self._live.pop(device_id, None) if device_id is not None else None
+        for conn in list((conns or {}).values()):
+            close = getattr(conn, "close", None)
+            if close is not None:
+                await close()
+        return len(conns or {})
 
     def _schedule(self, coro: Awaitable[None]) -> None:
         loop = self._loop
