@@ -194,3 +194,21 @@ def test_raw_rows_are_clustered_by_series_and_weekly_partitions_expire_whole(sto
         # data arriving for a dropped week gets its partition back
         store.write(points(dev_a, "t", [(w1 + 9, 4.0)]), {dev_a: ent_a})
         assert store.range(dev_a, ["t"], w1, w2)["t"] == [Sample(w1 + 9, 4.0)]
+
+
+def test_deleting_a_device_removes_its_history_so_a_reused_id_starts_empty(store: SqlTelemetryStore) -> None:
+    dev, ent, other_ent = new_device_id(), new_enterprise_id(), new_enterprise_id()
+    keep = new_device_id()
+    store.write(points(dev, "ppm", [(T0 + i * 1000, float(i)) for i in range(120)]) + [Point(dev, "s", T0, "x")],
+                {dev: ent})
+    store.write(points(keep, "ppm", [(T0, 1.0)]), {keep: ent})
+    assert store.delete_device(dev) == 121
+    assert store.keys(dev) == [] and store.latest(dev) == {}
+    assert dump(store, dev) == {t: [] for t in ("telemetry_raw", "telemetry_agg_1m", "telemetry_agg_1h",
+                                                "telemetry_latest")}
+    # the same id, now another enterprise's device, starts from nothing
+    store.write(points(dev, "ppm", [(T0 + 5000, 9.0)]), {dev: other_ent})
+    assert store.range(dev, ["ppm"], 0, T0 + HOUR_MS) == {"ppm": [Sample(T0 + 5000, 9.0)]}
+    [bucket] = store.aggregate(dev, ["ppm"], T0, T0 + MINUTE_MS, MINUTE_MS)["ppm"]
+    assert bucket.count == 1
+    assert store.latest(keep) == {"ppm": Sample(T0, 1.0)}

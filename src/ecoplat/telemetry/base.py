@@ -47,6 +47,9 @@ class SqlTelemetryStore(ABC):
     def apply_retention(self, enterprise_id: int, older_than_ms: int) -> int: ...
 
     @abstractmethod
+    def delete_device(self, device_id: int) -> int: ...
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def _sql(self, sql: str) -> str:

@@ -256,3 +256,23 @@ class PostgresTelemetryStore(SqlTelemetryStore):
                 "(SELECT id FROM telemetry_series WHERE enterprise_id = %s) AND bucket_ts <= %s",
                 (enterprise_id, older_than_ms - MINUTE_MS))
         return deleted
+
+    def delete_device(self, device_id: int) -> int:
+        """Deletes every series of the device with its points, rollups and latest values (a
+        deleted device's id must not hand its history to a device created later). Returns the
+        number of raw points deleted."""
+        with self._write_lock, self._write_pool.connection() as conn:
+            try:
+                series = "SELECT id FROM telemetry_series WHERE device_id = %s"
+                deleted = conn.execute(f"DELETE FROM telemetry_raw WHERE series_id IN ({series})",
+                                       (device_id,)).rowcount
+                for table in ("telemetry_agg_1m", "telemetry_agg_1h", "telemetry_latest"):
+                    conn.execute(f"DELETE FROM {table} WHERE series_id IN ({series})", (device_id,))
+                conn.execute("DELETE FROM telemetry_series WHERE device_id = %s", (device_id,))
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                self._series.by_device.pop(device_id, None)
+        return deleted

@@ -229,3 +229,29 @@ class SqliteTelemetryStore(SqlTelemetryStore):
                         conn.execute("ROLLBACK")
                     raise
         return deleted
+
+    def delete_device(self, device_id: int) -> int:
+        """Deletes every series of the device with its points, rollups and latest values (a
+        deleted device's id must not hand its history to a device created later). Returns the
+        number of raw points deleted."""
+        with self._write_lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                sids = [r[0] for r in conn.execute("SELECT id FROM telemetry_series WHERE device_id = ?",
+                                                   (device_id,))]
+                marks = ", ".join("?" * len(sids))
+                deleted = 0
+                if sids:
+                    deleted = conn.execute(f"DELETE FROM telemetry_raw WHERE series_id IN ({marks})", sids).rowcount
+                    for table in ("telemetry_agg_1m", "telemetry_agg_1h", "telemetry_latest"):
+                        conn.execute(f"DELETE FROM {table} WHERE series_id IN ({marks})", sids)
+                    conn.execute("DELETE FROM telemetry_series WHERE device_id = ?", (device_id,))
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._series.by_device.pop(device_id, None)
+        return deleted
