@@ -41,7 +41,7 @@ def test_console_lists_open_alarms_with_filters_and_site_time(client: TestClient
     r = client.get("/alarms")
     assert r.status_code == 200
     assert f'id="alarm-{a1}"' in r.text and f'id="alarm-{a2}"' in r.text
-    assert 'sse-connect="/alarms/stream"' in r.text and "(Asia/Shanghai)" in r.text
+    assert 'data-stream="/alarms/stream"' in r.text and "(Asia/Shanghai)" in r.text
     assert 'data-action="ack"' in r.text and 'data-action="shelve"' not in r.text  # operators cannot shelve
     r = client.get("/alarms", params={"priority": 1})
     assert f'id="alarm-{a1}"' in r.text and f'id="alarm-{a2}"' not in r.text
