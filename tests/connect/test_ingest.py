@@ -37,6 +37,10 @@ def test_points_are_durable_when_submit_returns(pipeline: IngestPipeline, real_d
 
     asyncio.run(go())
     assert store.latest(d2)["level_pct"].value == 55
+    # listeners and events run right after the submitters are released, in the writer thread
+    deadline = time.monotonic() + 5
+    while (len([p for batch in heard for p in batch]) < len(points) or len(events) < 6) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert [p for batch in heard for p in batch] == points
     assert (f"telemetry.{tenant.enterprise_id}.{d2}", {"device_id": d2, "ts": 2000, "values": {"level_pct": 55}}) in events
     assert len([e for e in events if e[0].endswith(f".{d1}")]) == 5
@@ -238,7 +242,44 @@ def test_devices_are_announced_online_and_offline_after_their_profiles_timeout(p
 
     asyncio.run(go())
     ent = tenant.enterprise_id
+    deadline = time.monotonic() + 5  # announced by the writer just after the submitters are released
+    while len(statuses) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert sorted(statuses) == [(f"device.{ent}.{cl2}", "online"), (f"device.{ent}.{tank}", "online")]
     time.sleep(1.3)
     assert pipeline.sweep_presence() == [cl2]  # the tank's profile-less default is 10 minutes
     assert statuses[-1] == (f"device.{ent}.{cl2}", "offline")
+
+
+def test_backpressure_wakes_submitters_on_every_event_loop(real_db: Database, store):
+    """Transports may run their own event loop (a bridge thread) beside the app's: waiting
+    submitters of both are woken when room frees up, and nothing is lost."""
+    tenant = seed(real_db, "cell-a", "cell-b")
+    ref: list[IngestPipeline] = []
+    pipeline = IngestPipeline(database=real_db, store=SlowStore(store, ref, delay_s=0.01), events=EventBus(),
+                              batch_max_points=4, batch_max_ms=2, queue_max_points=8)
+    ref.append(pipeline)
+    pipeline.start()
+    errors: list[BaseException] = []
+
+    def transport(name: str) -> None:
+        device_id = tenant.devices[name][0]
+
+        async def go() -> None:
+            await asyncio.gather(*(pipeline.submit([Point(device_id, "v", m * 2 + i, m * 2 + i) for i in range(2)],
+                                                   enterprise_id=tenant.enterprise_id) for m in range(30)))
+
+        try:
+            asyncio.run(go())
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=transport, args=(n,)) for n in ("cell-a", "cell-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    pipeline.stop()
+    assert not any(t.is_alive() for t in threads) and errors == []
+    for name in ("cell-a", "cell-b"):
+        assert len(store.range(tenant.devices[name][0], ["v"], 0, 1000)["v"]) == 60

@@ -126,8 +126,10 @@ class IngestPipeline:
         self._queued_points = 0  # submitted and not yet durable (in the queue or being written)
         self._unbatched_points = 0  # still in the queue
         self._cond = threading.Condition()
-        self._space: asyncio.Event | None = None
-        self._space_loop: asyncio.AbstractEventLoop | None = None
+        # One "space freed" event per event loop that submits (the app's loop, a transport's own
+        # loop...): every waiter is woken on its own loop whenever a batch leaves the queue.
+        self._space: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+        self._space_lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -202,11 +204,13 @@ class IngestPipeline:
         if n == 0:
             return
         loop = asyncio.get_running_loop()
-        if self._space is None or self._space_loop is not loop:
-            self._space, self._space_loop = asyncio.Event(), loop
+        space = self._space.get(loop)
+        if space is None:
+            with self._space_lock:
+                space = self._space.setdefault(loop, asyncio.Event())
         while self._queued_points and self._queued_points + n > self.queue_max_points:
-            self._space.clear()
-            await self._space.wait()
+            space.clear()
+            await space.wait()
         if self._thread is None or self._stopping:
             raise IngestStopped("the ingest pipeline is not running")
         future: asyncio.Future[None] = loop.create_future()
@@ -391,18 +395,18 @@ class IngestPipeline:
             if item.done is not None:
                 item.error = error
                 item.done.set()
+        with self._space_lock:
+            spaces = list(self._space.items())
+        for loop, space in spaces:
+            if loop.is_closed():
+                with self._space_lock:
+                    self._space.pop(loop, None)
+                continue
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(_wake, by_loop.pop(loop, ()), error, space)
         for loop, futures in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the submitter's loop is closed
-                loop.call_soon_threadsafe(self._resolve_all, futures, error)
-
-    def _resolve_all(self, futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
-        for future in futures:
-            _resolve(future, error)
-        self._signal_space()
-
-    def _signal_space(self) -> None:
-        if self._space is not None:
-            self._space.set()
+                loop.call_soon_threadsafe(_wake, futures, error, None)
 
     def _update_status(self, points_of: Mapping[int, int], messages_of: Mapping[int, int]) -> None:
         with self._status_lock:
@@ -694,6 +698,15 @@ class IngestPipeline:
         device_id, request_id = data.get("device_id"), data.get("id")
         if isinstance(device_id, int) and isinstance(request_id, int):
             self.rpc_response(device_id, request_id, data.get("response"))
+
+
+def _wake(futures: Sequence[asyncio.Future[None]], error: BaseException | None,
+          space: asyncio.Event | None) -> None:
+    """On the submitters' loop: resolves their futures and wakes submitters waiting for room."""
+    for future in futures:
+        _resolve(future, error)
+    if space is not None:
+        space.set()
 
 
 def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
