@@ -51,7 +51,8 @@ def _pipeline(request: Request) -> IngestPipeline:
 
 
 async def _device(pipeline: IngestPipeline, token: str) -> DeviceRef:
-    ref = await run_in_threadpool(pipeline.resolve_token, token)
+    # The cache answers without a thread hop; only a miss goes to the database (in a thread).
+    ref = pipeline.cached_token(token) or await run_in_threadpool(pipeline.resolve_token, token)
     if ref is None:
         pipeline.reject(None, RejectReason.unknown_token, f"HTTP request with unknown token {token[:4]}…")
         raise NotAuthenticated("No device has this access token.")

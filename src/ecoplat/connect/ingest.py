@@ -547,6 +547,10 @@ class IngestPipeline:
 
     # ---- device identity ---------------------------------------------------------------------
 
+    def cached_token(self, token: str) -> DeviceRef | None:
+        """The cached device for this token, without touching the database (None: not cached)."""
+        return self._token_cache.get(hash_token(token))
+
     def resolve_token(self, token: str) -> DeviceRef | None:
         """The device holding this access token, or None if no device has it. A revoked token
         still resolves (revoked=True) so transports can tell "revoked" from "unknown"."""
