@@ -107,6 +107,11 @@ def install_error_handlers(app: FastAPI) -> None:
         for e in exc.errors():
             errors.append({"field": _loc(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type")})
         first = errors[0] if errors else {"field": "body", "message": "invalid"}
+        if any(e["type"] == "json_invalid" for e in errors):
+            # The body is not JSON at all: a malformed request (400), not a failed validation (422).
+            bad = next(e for e in errors if e["type"] == "json_invalid")
+            return problem(400, f"The request body is not valid JSON: {bad['message']}",
+                           type_slug="malformed-json", instance=request.url.path, errors=[bad])
         detail = f"{first['field']}: {first['message']}"
         if len(errors) > 1:
             detail += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
