@@ -98,9 +98,16 @@ class Recorder:
     max_depth_rows: int = 0
     rows_returned: dict[str, int] = field(default_factory=dict)
     answered_total: int = 0  # warm-up included: what the server's CPU time is divided by
+    # (seconds into the measurement, endpoint, latency): when the slowest requests were sent,
+    # to tell a one-off stall (GC, autovacuum, a busy machine) from a slow endpoint.
+    slowest: list[tuple[float, str, float]] = field(default_factory=list)
 
-    def ok(self, endpoint: str, seconds: float, rows: int = 0) -> None:
+    def ok(self, endpoint: str, seconds: float, rows: int = 0, at_s: float | None = None) -> None:
         self.latencies.setdefault(endpoint, []).append(seconds)
+        if at_s is not None:
+            self.slowest.append((round(at_s, 2), endpoint, round(seconds * 1000, 1)))
+            if len(self.slowest) > 64:
+                self.slowest = sorted(self.slowest, key=lambda x: -x[2])[:8]
         self.rows_returned[endpoint] = self.rows_returned.get(endpoint, 0) + rows
 
     def fail(self, endpoint: str, what: str) -> None:
@@ -117,7 +124,8 @@ class Recorder:
             s["rows_per_request"] = round(self.rows_returned.get(name, 0) / s["count"], 1) if s["count"] else 0
             out[name] = s
         return {"endpoints": out, "error_samples": self.error_samples,
-                "list_max_depth_rows": self.max_depth_rows, "answered_total": self.answered_total}
+                "list_max_depth_rows": self.max_depth_rows, "answered_total": self.answered_total,
+                "slowest": sorted(self.slowest, key=lambda x: -x[2])[:8]}
 
 
 class _ListWalk:
@@ -217,7 +225,7 @@ async def _http_load(spec: dict[str, Any]) -> dict[str, Any]:
                         walk.restart()
                     walks.append(walk)
             if measured:
-                rec.ok(ep, elapsed, rows)
+                rec.ok(ep, elapsed, rows, at_s=sent_at - record_from)
 
         async def closed_loop_client(idx: int) -> None:
             i = idx
@@ -604,6 +612,7 @@ def summarize(backend: str, seeded: Any, api: dict[str, Any], db: dict[str, Any]
                                       "http_floor": floor.get("server_cpu_ms_per_request")},
         "list_start_points": start_points,
         "list_max_depth_rows": api["list_max_depth_rows"],
+        "slowest_requests": [{"at_s": a, "endpoint": e, "ms": m} for a, e, m in api["slowest"]],
         "error_samples": api["error_samples"],
         "baseline": {"db": {ep: db["endpoints"].get(ep, {}) for ep in ENDPOINTS},
                      "db_error_samples": db["error_samples"],
