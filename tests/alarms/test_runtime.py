@@ -145,3 +145,34 @@ def test_alarm_event_reaches_the_bus_within_milliseconds_of_the_batch(pipeline: 
     elapsed_ms = (time.perf_counter() - start) * 1000
     assert len(pipeline.alarm_events(plant.enterprise_id)) == before + 1
     assert elapsed_ms < 500  # generous for a loaded CI box; the benchmark measures the real p99
+
+
+def test_shelved_alarm_returns_at_expiry_in_the_state_its_condition_has(pipeline: Pipeline) -> None:
+    from datetime import timedelta
+
+    from ecoplat.alarms import service
+    from ecoplat.alarms.schemas import ShelveIn
+    from ecoplat.db import utcnow
+    from ecoplat.tenancy.auth import SYSTEM
+
+    plant = _plant(pipeline)
+    rule = _rule(pipeline, plant, kind="high", key="temp_c", params={"limit": 80})
+    _push(pipeline, plant, [(0, "temp_c", 85.0)])
+    with pipeline.database.session() as db:
+        alarm_id = db.scalar(select(Alarm.id).where(Alarm.rule_id == rule))
+        assert alarm_id is not None
+        service.shelve(db, actor=SYSTEM, alarm_id=alarm_id, data=ShelveIn(minutes=10, reason="valve maintenance"))
+    # Sounds again and clears while shelved: nothing for the operator, but tracked.
+    _push(pipeline, plant, [(1000, "temp_c", 70.0), (2000, "temp_c", 90.0)])
+    with pipeline.database.session() as db:
+        assert db.get(Alarm, alarm_id).state == "shelved"  # type: ignore[union-attr]
+        assert service.expire_shelving(db, now=utcnow() + timedelta(minutes=9)) == 0
+    events_before = len(pipeline.alarm_events(plant.enterprise_id))
+    with pipeline.database.session() as db:
+        service.publish_after_commit(db, pipeline.events.publish)
+        assert service.expire_shelving(db, now=utcnow() + timedelta(minutes=11)) == 1
+    history = _history(pipeline, rule)
+    assert [(h[1], h[3]) for h in history] == [("alarm", "unacknowledged"), ("shelve", "shelved"),
+                                               ("unshelve", "unacknowledged")]
+    events = pipeline.alarm_events(plant.enterprise_id)[events_before:]
+    assert [(e.data["transition"], e.data["state"]) for e in events] == [("unshelve", "unacknowledged")]
