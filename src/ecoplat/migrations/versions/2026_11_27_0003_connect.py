@@ -118,8 +118,15 @@ def upgrade() -> None:
         batch_op.create_index('ix_device_rejects_enterprise_id', ['enterprise_id'], unique=False)
 
 
+    if op.get_bind().dialect.name == "postgresql":
+        # Device name search (lower(name) LIKE '%…%') through a trigram index; pg_trgm is created
+        # by 0001. On SQLite the search scans one enterprise's devices through its index.
+        op.execute("CREATE INDEX ix_devices_name_trgm ON devices USING gin (lower(name) gin_trgm_ops)")
+
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP INDEX IF EXISTS ix_devices_name_trgm")
     with op.batch_alter_table('device_rejects', schema=None) as batch_op:
         batch_op.drop_index('ix_device_rejects_enterprise_id')
 
