@@ -57,15 +57,17 @@ PROFILES: dict[str, dict[str, Any]] = {
         ],
     },
     "Chlorine gas detector": {
-        "description": "Fixed chlorine gas detector (GB/T 50493 alarm levels).",
+        "description": "Fixed chlorine gas detector (alarm levels after GB/T 50493-2019).",
         "inactivity_timeout_s": 60,
         "telemetry_keys": [
-            _key("cl2_ppm", "[ppm]", 0, 10, "gauge", description="Chlorine concentration in air"),
+            _key("cl2_ppm", "[ppm]", 0, 10, "gauge", description="Chlorine concentration in air (IDLH 10 ppm)"),
             _key("sensor_ok", "", None, None, "bar", "boolean", description="Sensor self-test passed"),
         ],
+        # GB/T 50493-2019: first alarm at ≤ 100 % and second at ≤ 200 % of the occupational
+        # limit, which for chlorine is 1 mg/m³ ≈ 0.34 ppm (GBZ 2.1-2019); so 0.34 and 0.68 ppm.
         "default_rules": [
-            _rule("Chlorine leak, first level", "high", "cl2_ppm", 1.0, "[ppm]", 2),
-            _rule("Chlorine leak, second level", "high_high", "cl2_ppm", 3.0, "[ppm]", 1),
+            _rule("Chlorine leak, first level", "high", "cl2_ppm", 0.34, "[ppm]", 2),
+            _rule("Chlorine leak, second level", "high_high", "cl2_ppm", 0.68, "[ppm]", 1),
         ],
     },
     "Liquid chlorine tank": {
