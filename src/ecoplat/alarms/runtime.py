@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,7 +53,9 @@ class AlarmRuntime:
         self.engine = RuleEngine(device_resolver=self._resolve_device)
         self.dispatcher = dispatcher or Dispatcher(database)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._points: queue.SimpleQueue[Sequence[Point] | None] = queue.SimpleQueue()
+        self._points: queue.SimpleQueue[tuple[Sequence[Point], float] | None] = queue.SimpleQueue()
+        # Seconds from a durable ingest batch to its alarm events on the bus (the last 10,000).
+        self.batch_to_event_s: deque[float] = deque(maxlen=10_000)
         self._thread: threading.Thread | None = None
         self._evaluator: threading.Thread | None = None
         self._unsubscribe: list[Callable[[], None]] = []
@@ -106,17 +109,18 @@ class AlarmRuntime:
 
     def on_points(self, points: Sequence[Point]) -> None:
         """The ingest listener: runs in the ingest writer thread after each durable batch."""
-        self._points.put(points)
+        self._points.put((points, time.perf_counter()))
 
     def _evaluate_loop(self) -> None:
         while True:
-            points = self._points.get()
-            if points is None:
+            item = self._points.get()
+            if item is None:
                 return
+            points, received = item
             try:
                 changes = self.engine.evaluate(points)
                 if changes:
-                    self._queue.put(("changes", changes))
+                    self._queue.put(("changes", (changes, received)))
             except Exception:
                 log.exception("evaluating %d points against the alarm rules failed", len(points))
             self.points_evaluated += len(points)
@@ -125,7 +129,7 @@ class AlarmRuntime:
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
         changes = self.engine.tick(now_ms)
         if changes:
-            self._queue.put(("changes", changes))
+            self._queue.put(("changes", (changes, None)))
         self._queue.put(("expire", None))
 
     def reload_rule(self, rule_id: int) -> None:
@@ -172,12 +176,15 @@ class AlarmRuntime:
             if kind == "stop":
                 return
             changes: list[ConditionChange] = []
+            received: list[float] = []
             barriers: list[threading.Event] = []
             expire = False
             stop = False
             while True:
                 if kind == "changes":
-                    changes.extend(payload)
+                    changes.extend(payload[0])
+                    if payload[1] is not None:
+                        received.append(payload[1])
                 elif kind == "expire":
                     expire = True
                 elif kind == "barrier":
@@ -188,8 +195,9 @@ class AlarmRuntime:
                     kind, payload = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if changes:
-                self._write(changes)
+            if changes and self._write(changes):
+                done = time.perf_counter()
+                self.batch_to_event_s.extend(done - r for r in received)
             if expire:
                 self._expire()
             for barrier in barriers:
@@ -197,7 +205,7 @@ class AlarmRuntime:
             if stop:
                 return
 
-    def _write(self, changes: list[ConditionChange]) -> None:
+    def _write(self, changes: list[ConditionChange]) -> bool:
         for attempt in range(3):
             try:
                 with self.database.session() as db:
@@ -205,11 +213,12 @@ class AlarmRuntime:
                     service.apply_condition_changes(db, changes)
                 self.changes_written += len(changes)
                 self.dispatcher.wake()
-                return
+                return True
             except Exception:
                 log.exception("writing %d alarm changes failed (attempt %d)", len(changes), attempt + 1)
                 time.sleep(0.05 * (attempt + 1))
         self.write_failures += 1
+        return False
 
     def _expire(self) -> None:
         try:
