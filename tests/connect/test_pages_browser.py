@@ -4,10 +4,14 @@ the REST API, then new values arriving live over SSE while a device posts over H
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import update
 from tests.connect.conftest import seed
+
+from ecoplat.connect.models import Device
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -26,6 +30,10 @@ def test_live_chart_shows_history_and_values_arriving_over_sse(server):
             r = http.post(f"/api/v1/{token}/telemetry", json={"ts": now - (5 - i) * 1000,
                                                               "values": {"current_ka": 14.0 + i / 10}})
             assert r.status_code == 200
+        # quiet for an hour: the page opens showing the device offline
+        with database.session() as s:
+            s.execute(update(Device).where(Device.id == device_id)
+                      .values(last_seen_at=datetime.now(UTC) - timedelta(hours=1)))
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             try:
@@ -35,6 +43,7 @@ def test_live_chart_shows_history_and_values_arriving_over_sse(server):
                 page = context.new_page()
                 page.goto(f"{base}/devices/{device_id}")
                 chart = page.locator("#live-chart")
+                assert page.locator("#device-status").text_content().strip() == "offline"
                 page.wait_for_function("document.getElementById('live-chart').dataset.points === '5'", timeout=15000)
                 assert chart.locator("canvas").count() >= 1
                 page.wait_for_function("document.getElementById('live-chart').dataset.live === 'true'", timeout=15000)
@@ -44,5 +53,6 @@ def test_live_chart_shows_history_and_values_arriving_over_sse(server):
                 row = page.locator('#latest-values tr[data-key="cell_voltage_v"] .v')
                 assert row.text_content() == "3.12"
                 assert page.locator('#latest-values tr[data-key="current_ka"] .v').text_content() == "15.25"
+                assert page.locator("#device-status").text_content().strip() == "online"
             finally:
                 browser.close()
