@@ -199,8 +199,12 @@ def _decode_only_plugin() -> type:
 
 def bare_amqtt_broker(port: int, ready: Any, expected_q: Any, out: Any) -> None:
     import asyncio
+    import logging
 
     from amqtt.broker import Broker
+
+    # amqtt warns at shutdown about the fan-out queue it never drained (no subscribers): noise here.
+    logging.getLogger("amqtt").setLevel(logging.ERROR)
 
     globals()["DecodeOnlyPlugin"] = _decode_only_plugin()
 
