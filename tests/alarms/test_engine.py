@@ -178,3 +178,10 @@ def test_rule_update_recompiles_only_that_rule() -> None:
     assert run(e, "t", [(1, 85), (2, 91)]) == [(False, 1), (True, 2)]
     e.remove_rule(1)
     assert run(e, "t", [(3, 95)]) == [] and e.binding_count == 0
+
+
+def test_forgetting_a_device_keeps_its_active_conditions() -> None:
+    e = engine_with(kind="high", key="t", params={"limit": 80})
+    assert run(e, "t", [(0, 85)]) == [(True, 0)]
+    e.forget_device(7)  # e.g. the device was re-credentialed; it is looked up again
+    assert run(e, "t", [(1, 86), (2, 70)]) == [(False, 2)]

@@ -432,6 +432,7 @@ class RuleEngine:
         self._delayed: dict[tuple[int, int], Binding] = {}  # bindings with a running delay
         self._latest: dict[int, dict[str, Value]] = {}  # values of keys multi-key rules need
         self._multi_keys: dict[int, set[str]] = {}  # device → keys to remember
+        self._carry: dict[tuple[int, int], tuple[Any, ...]] = {}  # state kept across a rebind
         for spec in rules:
             if spec.enabled:
                 self._rules[spec.id] = compile_rule(spec)
@@ -478,6 +479,11 @@ class RuleEngine:
         """Drops what is known of a device (its profile changed, it was deleted); resolved anew."""
         with self._lock:
             for key in [k for k in self._bindings if k[1] == device_id]:
+                b = self._bindings[key]
+                if b.active:
+                    # Rebinding must not forget an active condition: it would never clear.
+                    self._carry[key] = (b.active, b.raw_active, b.pending_since, b.clear_since, b.last_ts,
+                                        b.last_value)
                 self._unbind(key)
             self._devices.pop(device_id, None)
             self._latest.pop(device_id, None)
@@ -521,6 +527,10 @@ class RuleEngine:
         binding = Binding(rule=rule, device=info)
         if rule.kind == RuleKind.rate_of_change:
             binding.history = deque()
+        carried = self._carry.pop((rule.spec.id, info.id), None)
+        if carried is not None:
+            (binding.active, binding.raw_active, binding.pending_since, binding.clear_since, binding.last_ts,
+             binding.last_value) = carried
         self._bindings[(rule.spec.id, info.id)] = binding
         for key in rule.keys:
             self._index.setdefault((info.id, key), []).append(binding)

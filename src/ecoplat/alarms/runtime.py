@@ -89,6 +89,8 @@ class AlarmRuntime:
         self._evaluator = threading.Thread(target=self._evaluate_loop, name="ecoplat-alarm-evaluator", daemon=True)
         self._evaluator.start()
         self._unsubscribe.append(self.events.add_listener("alarm_rule.", self._on_rule_event))
+        # A device claimed, deleted or re-credentialed is looked up afresh on its next point.
+        self._unsubscribe.append(self.events.add_listener("credentials.", self._on_device_event))
         self.dispatcher.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -153,6 +155,11 @@ class AlarmRuntime:
                 self.reload_rule(rule_id)
             except Exception:
                 log.exception("reloading alarm rule %s failed", rule_id)
+
+    def _on_device_event(self, event: Event) -> None:
+        device_id = event.data.get("device_id")
+        if isinstance(device_id, int):
+            self.engine.forget_device(device_id)
 
     def _resolve_device(self, device_id: int) -> DeviceInfo | None:
         from ecoplat.connect.models import Device
