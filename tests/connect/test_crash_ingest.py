@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 import paho.mqtt.client as mqtt
+import pytest
 
 from ecoplat.migrations_runner import upgrade
 
@@ -144,11 +145,14 @@ def _run_crash(tmp_path: Path, backend: str, *, bridge: tuple[str, int] | None) 
             drop_postgres_database(url)
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_embedded_broker_loses_no_acknowledged_point_and_doubles_none(
         backend: str, tmp_path: Path) -> None:
     _run_crash(tmp_path, backend, bridge=None)
 
 
+@pytest.mark.slow
+@pytest.mark.mosquitto
 def test_kill_9_of_a_bridge_ingest_process_loses_no_point_and_doubles_none(
         backend: str, tmp_path: Path) -> None:
     with ingest_mosquitto(tmp_path) as broker:

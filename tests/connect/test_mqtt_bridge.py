@@ -162,6 +162,8 @@ def publish_stream(broker: tuple[str, int], topics_and_payloads: list[tuple[str,
         c.loop_stop()
 
 
+@pytest.mark.slow
+@pytest.mark.mosquitto
 def test_two_ingest_processes_share_the_load_and_store_every_point_exactly_once(
         backend: str, tmp_path: Path) -> None:
     with ingest_mosquitto(tmp_path) as broker:

@@ -20,6 +20,15 @@ client-side RPC answers such as the gateway's `getSessionLimits`) go back on the
 with `me` replaced by the token. Server-side RPC and shared-attribute pushes are not routed through
 the bridge: they need the device's live connection, which only the embedded broker has.
 
+Broker settings. Mosquitto's defaults hold each subscriber to 20 unacknowledged messages in
+flight (`max_inflight_messages 20`) and drop what queues beyond 1000 (`max_queued_messages`). A
+consumer that acknowledges only after a durable write needs both lifted, or throughput is capped at
+20 messages per write cycle and bursts (or the seconds an ingest process takes to restart) are
+dropped by the broker:
+
+    max_inflight_messages 0
+    max_queued_messages 0        # or a bound that covers a restart at the peak rate
+
 Durability and crashes: QoS 1 with manual acknowledgement (`manual_ack=True`): a message is
 acknowledged to the broker only after the points it carried are durable. The session is persistent
 (clean_start False, a session expiry interval) under a client id stable for this process
