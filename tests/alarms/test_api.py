@@ -271,3 +271,15 @@ def test_deleting_a_rule_closes_its_open_alarms_on_the_record(client: TestClient
     transitions = client.get(f"/api/alarms/{alarm.id}/transitions", headers=_h(plant, "operator")).json()
     assert transitions[-1]["action"] == "rule_deleted"
     assert transitions[-1]["user_id"] == plant.people["engineer"].user_id
+
+
+def test_disabling_a_rule_takes_its_alarms_out_of_service_and_enabling_returns_them(
+        client: TestClient, db: Session, plant: Plant) -> None:
+    alarm = _raise_alarm(db, plant)
+    r = client.patch(f"/api/alarm-rules/{alarm.rule_id}", headers=_h(plant, "engineer"), json={"enabled": False})
+    assert r.status_code == 200
+    assert client.get(f"/api/alarms/{alarm.id}", headers=_h(plant)).json()["state"] == "out_of_service"
+    client.patch(f"/api/alarm-rules/{alarm.rule_id}", headers=_h(plant, "engineer"), json={"enabled": True})
+    assert client.get(f"/api/alarms/{alarm.id}", headers=_h(plant)).json()["state"] == "unacknowledged"
+    actions = [t["action"] for t in client.get(f"/api/alarms/{alarm.id}/transitions", headers=_h(plant)).json()]
+    assert actions == ["alarm", "remove_from_service", "return_to_service"]

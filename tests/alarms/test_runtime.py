@@ -176,3 +176,19 @@ def test_shelved_alarm_returns_at_expiry_in_the_state_its_condition_has(pipeline
                                                ("unshelve", "unacknowledged")]
     events = pipeline.alarm_events(plant.enterprise_id)[events_before:]
     assert [(e.data["transition"], e.data["state"]) for e in events] == [("unshelve", "unacknowledged")]
+
+
+def test_re_enabled_rule_clears_the_alarm_that_was_active_when_it_was_disabled(pipeline: Pipeline) -> None:
+    plant = _plant(pipeline)
+    rule = _rule(pipeline, plant, kind="high", key="temp_c", params={"limit": 80})
+    _push(pipeline, plant, [(0, "temp_c", 85.0)])
+    with pipeline.database.session() as db:
+        db.get(AlarmRule, rule).enabled = False
+    pipeline.alarms.reload_rule(rule)
+    assert not pipeline.alarms.engine.has_rule(rule)
+    with pipeline.database.session() as db:
+        db.get(AlarmRule, rule).enabled = True
+    pipeline.alarms.reload_rule(rule)
+    _push(pipeline, plant, [(1000, "temp_c", 70.0)])
+    assert _seq(_history(pipeline, rule)) == [("alarm", "unacknowledged", 0),
+                                              ("return_to_normal", "rtn_unacknowledged", 1000)]

@@ -139,6 +139,7 @@ class AlarmRuntime:
         with self.database.session() as db:
             rule = db.get(AlarmRule, rule_id)
             spec = service.rule_spec(rule) if rule is not None else None
+            active = service.open_active_alarms(db, rule_id) if rule is not None else []
         if spec is None:
             self.engine.remove_rule(rule_id)
             return
@@ -147,6 +148,9 @@ class AlarmRuntime:
         except RuleError as e:
             log.error("alarm rule %s cannot be compiled: %s", rule_id, e)
             self.engine.remove_rule(rule_id)
+            return
+        for rid, device_id in active:
+            self.engine.restore_active(rid, device_id)
 
     def _on_rule_event(self, event: Event) -> None:
         rule_id = event.data.get("rule_id")

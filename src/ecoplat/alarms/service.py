@@ -173,11 +173,24 @@ def update_rule(db: Session, *, actor: Principal, rule_id: int, data: AlarmRuleP
     actor.require("alarms:configure")
     rule = get_rule(db, actor=actor, rule_id=rule_id)
     before = audit.snapshot(rule)
+    was_enabled = rule.enabled
     for k, v in data.model_dump(exclude_unset=True).items():
         if v is None and k not in ("params",):
             continue
         setattr(rule, k, v if v is not None else {})
     _validate(rule)
+    if was_enabled != rule.enabled:
+        # Disabling a rule takes its open alarms out of service (ISA-18.2 §5: an alarm removed
+        # from service stays on the record); enabling it returns them.
+        step = sm.remove_from_service if not rule.enabled else sm.return_to_service
+        note = "rule disabled" if not rule.enabled else "rule enabled"
+        now = to_ms(utcnow())
+        for alarm in db.scalars(select(Alarm).where(Alarm.rule_id == rule.id, Alarm.closed_at.is_(None))):
+            try:
+                new, t = step(status_of(alarm), now, actor.user_id, note)
+            except sm.InvalidTransition:
+                continue
+            _apply(db, alarm, new, t)
     db.flush()
     audit.record(db, actor=actor, action="update", entity_type="alarm_rule", entity_id=rule.id,
                  before=before, after=rule, enterprise_id=rule.enterprise_id, ip=ip)
@@ -540,10 +553,13 @@ def expire_shelving(db: Session, *, now: datetime | None = None) -> int:
     return len(due)
 
 
-def open_active_alarms(db: Session) -> list[tuple[int, int]]:
-    """(rule_id, device_id) of every open alarm whose condition is active, for a restart."""
-    rows = db.execute(select(Alarm.rule_id, Alarm.device_id).where(Alarm.closed_at.is_(None),
-                                                                  Alarm.active.is_(True)))
+def open_active_alarms(db: Session, rule_id: int | None = None) -> list[tuple[int, int]]:
+    """(rule_id, device_id) of every open alarm whose condition is active (of one rule, or all),
+    so a restarted or re-enabled rule clears them when the value recovers."""
+    stmt = select(Alarm.rule_id, Alarm.device_id).where(Alarm.closed_at.is_(None), Alarm.active.is_(True))
+    if rule_id is not None:
+        stmt = stmt.where(Alarm.rule_id == rule_id)
+    rows = db.execute(stmt)
     return [(r, d) for r, d in rows if r is not None]
 
 
