@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.connect.builders import SECRET
+from tests.connect.builders import SECRET, make_actor
 from tests.connect.conftest import seed
 
 from ecoplat.app import create_app
 from ecoplat.config import Settings
 from ecoplat.db import Database
+from ecoplat.tenancy.models import Role
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -198,3 +199,17 @@ def test_an_http_device_long_polls_for_rpc_and_answers(server):
     assert r.status_code == 200, r.text
     assert r.json()["response"] == {"position_pct": 42}
     assert got["request"]["method"] == "getPosition" and got["reply"] == 200
+
+
+def test_unknown_senders_are_counted_for_platform_admins_only(live):
+    client, database = live
+    tenant = seed(database, "pump-1")
+    with database.session() as s:
+        admin = make_actor(s, enterprise_id=tenant.enterprise_id, role=Role.platform_admin)
+    before = {r["reason"]: r["count"] for r in
+              client.get("/api/devices/unknown-sender-rejects", headers=admin.headers).json()}
+    for _ in range(3):
+        assert client.post("/api/v1/not-a-token-at-all/telemetry", json={"a": 1}).status_code == 401
+    after = client.get("/api/devices/unknown-sender-rejects", headers=admin.headers).json()
+    assert {r["reason"]: r["count"] for r in after}["unknown_token"] == before.get("unknown_token", 0) + 3
+    assert client.get("/api/devices/unknown-sender-rejects", headers=tenant.headers).status_code == 403

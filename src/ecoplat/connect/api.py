@@ -35,7 +35,7 @@ from ecoplat.connect.schemas import (
     TokenOut,
 )
 from ecoplat.db import DbSession
-from ecoplat.errors import Conflict, ProblemError
+from ecoplat.errors import Conflict, Forbidden, ProblemError
 from ecoplat.pagination import Page, PageQuery
 from ecoplat.tenancy import audit
 from ecoplat.tenancy.auth import Principal, require
@@ -123,6 +123,24 @@ def claim(db: DbSession, actor: CanWrite, data: ClaimIn, request: Request) -> De
     device, token = service.claim_device(db, actor=actor, claim_code=data.claim_code, ip=client_ip(request))
     _credentials_changed(request, device.id, device.enterprise_id)
     return DeviceWithToken(**_one(db, device).model_dump(), access_token=token)
+
+
+@devices.get("/unknown-sender-rejects", response_model=list[RejectOut])
+async def unknown_sender_rejects(actor: CanRead, request: Request) -> list[RejectOut]:
+    """Messages whose token matched no device, counted per reason (platform admins only: the
+    senders belong to no enterprise)."""
+    if not actor.is_platform_admin:
+        raise Forbidden("Only platform administrators see messages from unknown senders.")
+    pipeline = getattr(request.app.state, "ingest", None)
+
+    def _read() -> list[RejectOut]:
+        if pipeline is not None:
+            pipeline.flush_rejects()
+        with request.app.state.db.session() as db:
+            return [RejectOut(reason=r.reason, count=r.count, last_detail=r.last_detail, last_at=r.last_at)
+                    for r in service.unknown_sender_rejects(db, actor=actor)]
+
+    return await run_in_threadpool(_read)
 
 
 # ---- devices ----------------------------------------------------------------------------------
