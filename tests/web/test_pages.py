@@ -459,6 +459,14 @@ def test_language_before_sign_in_comes_from_cookie_then_accept_language(web: Tes
     assert "请输入密码" in web.post("/login", data={"email": "a@b.c", "password": ""}).text
 
 
+def test_language_chosen_before_sign_in_is_saved_on_signing_in(web: TestClient, demo: DemoWorld) -> None:
+    web.post("/locale", data={"locale": "zh-CN", "next": "/login"})
+    assert demo.user(SME_OPERATOR).locale == "en"
+    sign_in_with_form(web, demo, SME_OPERATOR)
+    assert demo.user(SME_OPERATOR).locale == "zh_CN"
+    assert "厂区结构" in web.get(f"/enterprises/{demo.enterprise_id('huaxin')}").text
+
+
 def test_unsupported_locale_falls_back_to_english(web: TestClient) -> None:
     response = web.post("/locale", data={"locale": "klingon", "next": "/login"})
     assert any(c.startswith("ecoplat_locale=en") for c in response.headers.get_list("set-cookie"))

@@ -20,7 +20,7 @@ from ecoplat.db import DbSession
 from ecoplat.errors import Conflict, Forbidden, NotFound, ProblemError
 from ecoplat.pagination import PageParams
 from ecoplat.tenancy import service as tenancy
-from ecoplat.tenancy.auth import Principal
+from ecoplat.tenancy.auth import Principal, authenticate
 from ecoplat.tenancy.models import Ecosystem, EcosystemMembership, Enterprise, Role
 from ecoplat.tenancy.schemas import UserCreate, UserUpdate
 from ecoplat.web.auth import (
@@ -137,11 +137,23 @@ def login_submit(request: Request, db: DbSession, email: Annotated[str, Form()] 
                 form_error = translate(request, "The e-mail address or the password is wrong, "
                                                 "or the account is deactivated.")
         else:
+            _carry_locale_choice(request, db, tokens["access_token"])
             response = RedirectResponse(safe_next(next), status_code=303)
             set_session_cookies(response, tokens, settings)
             return response
     return render(request, "login.html", {"next": safe_next(next), "values": {"email": email}, "errors": errors,
                                           "form_error": form_error}, status_code=status, headers=headers)
+
+
+def _carry_locale_choice(request: Request, db: Session, access_token: str) -> None:
+    """A language picked on the login page (the cookie) is the user's latest explicit choice:
+    signing in saves it on the account instead of switching back to the saved one."""
+    chosen = normalize_locale(request.cookies.get(LOCALE_COOKIE))
+    if chosen is None:
+        return
+    principal = authenticate(db, access_token, secret=request.app.state.settings.resolved_secret_key)
+    if normalize_locale(principal.locale) != chosen:
+        save_user_locale(db, actor=principal, locale=chosen)
 
 
 @router.post("/logout")
