@@ -213,3 +213,28 @@ def test_unknown_senders_are_counted_for_platform_admins_only(live):
     after = client.get("/api/devices/unknown-sender-rejects", headers=admin.headers).json()
     assert {r["reason"]: r["count"] for r in after}["unknown_token"] == before.get("unknown_token", 0) + 3
     assert client.get("/api/devices/unknown-sender-rejects", headers=tenant.headers).status_code == 403
+
+
+def test_an_http_device_long_polls_for_shared_attribute_updates(server):
+    import httpx
+
+    base, database = server
+    tenant = seed(database, "cl2-7")
+    device_id, token = tenant.devices["cl2-7"]
+    got: dict[str, object] = {}
+
+    def device() -> None:
+        with httpx.Client(base_url=base, timeout=20) as http:
+            r = http.get(f"/api/v1/{token}/attributes/updates", params={"timeout": 10_000})
+            got["status"], got["body"] = r.status_code, r.json()
+
+    with httpx.Client(base_url=base, timeout=20) as http:
+        assert http.get(f"/api/v1/{token}/attributes/updates", params={"timeout": 150}).status_code == 408
+        thread = threading.Thread(target=device)
+        thread.start()
+        time.sleep(0.5)
+        r = http.post(f"/api/devices/{device_id}/attributes", params={"scope": "shared"},
+                      json={"alarm_ppm": 0.34}, headers=tenant.headers)
+        assert r.status_code == 200
+        thread.join(10)
+    assert got == {"status": 200, "body": {"alarm_ppm": 0.34}}

@@ -3,6 +3,7 @@
     POST /api/v1/{token}/telemetry     200 (empty body) once the points are durable
     POST /api/v1/{token}/attributes    200 (empty body) once the client attributes are stored
     GET  /api/v1/{token}/attributes?clientKeys=a,b&sharedKeys=c   {"client": {...}, "shared": {...}}
+    GET  /api/v1/{token}/attributes/updates?timeout=ms   long poll for shared attribute updates
     GET  /api/v1/{token}/rpc?timeout=ms    long poll for a server-side RPC ({"id","method","params"}, or 408)
     POST /api/v1/{token}/rpc/{id}          the device's answer to it
 
@@ -130,16 +131,8 @@ async def get_attributes(
     return answer
 
 
-@router.get("/{token}/rpc")
-async def poll_rpc(token: Token, request: Request,
-                   timeout: Annotated[int, Query(ge=100, le=60_000, description="Milliseconds to wait.")] = 10_000,
-                   ) -> Any:
-    """ThingsBoard's HTTP long poll for server-side RPC: the next request for this device as
-    {"id", "method", "params"}, or 408 when none comes within `timeout` ms. The device answers
-    with POST /api/v1/{token}/rpc/{id}."""
-    pipeline = _pipeline(request)
-    ref = await _device(pipeline, token)
-    topic = f"rpc.{ref.enterprise_id}.{ref.device_id}"
+async def _next_event(request: Request, topic: str, timeout_ms: int) -> dict[str, Any] | None:
+    """Waits for the next event on exactly this topic; None after timeout_ms."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100)
 
@@ -150,11 +143,40 @@ async def poll_rpc(token: Token, request: Request,
 
     remove = request.app.state.events.add_listener(topic, on_event)
     try:
-        data = await asyncio.wait_for(queue.get(), timeout / 1000)
+        return await asyncio.wait_for(queue.get(), timeout_ms / 1000)
     except TimeoutError:
-        return Response(status_code=408)
+        return None
     finally:
         remove()
+
+
+@router.get("/{token}/attributes/updates")
+async def poll_attributes(token: Token, request: Request,
+                          timeout: Annotated[int, Query(ge=100, le=60_000, description="Milliseconds to wait.")] = 10_000,
+                          ) -> Any:
+    """ThingsBoard's HTTP long poll for shared attribute updates: {key: value} of the next update,
+    or 408 when none comes within `timeout` ms."""
+    pipeline = _pipeline(request)
+    ref = await _device(pipeline, token)
+    data = await _next_event(request, f"attributes.{ref.enterprise_id}.{ref.device_id}", timeout)
+    if data is None:
+        return Response(status_code=408)
+    pipeline.note_activity(ref.device_id, "attributes_request")
+    return data.get("values", {})
+
+
+@router.get("/{token}/rpc")
+async def poll_rpc(token: Token, request: Request,
+                   timeout: Annotated[int, Query(ge=100, le=60_000, description="Milliseconds to wait.")] = 10_000,
+                   ) -> Any:
+    """ThingsBoard's HTTP long poll for server-side RPC: the next request for this device as
+    {"id", "method", "params"}, or 408 when none comes within `timeout` ms. The device answers
+    with POST /api/v1/{token}/rpc/{id}."""
+    pipeline = _pipeline(request)
+    ref = await _device(pipeline, token)
+    data = await _next_event(request, f"rpc.{ref.enterprise_id}.{ref.device_id}", timeout)
+    if data is None:
+        return Response(status_code=408)
     pipeline.note_activity(ref.device_id, "rpc")
     return {"id": data.get("id"), "method": data.get("method"), "params": data.get("params", {})}
 
