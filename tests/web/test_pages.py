@@ -497,6 +497,13 @@ def test_banner_providers_show_under_nav_and_a_broken_one_is_skipped(web: TestCl
         templating.BANNER_PROVIDERS.remove(broken)
 
 
+def test_pages_send_protective_headers(web: TestClient, demo: DemoWorld) -> None:
+    for response in (web.get("/login"), web.get("/users")):  # a page and a redirect
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+
+
 def test_static_assets_are_served(web: TestClient) -> None:
     assert web.get("/static/css/ecoplat.css").status_code == 200
     assert "ecoplatCharts" in web.get("/static/js/charts.js").text

@@ -142,6 +142,12 @@ def render_problem(request: Request, exc: ProblemError) -> Response:
                   status_code=exc.status, headers=exc.headers)
 
 
+# Pages are never framed by other sites (clickjacking), never sniffed into another type, and never
+# leak their URLs (which carry ids and filters) to other origins.
+PAGE_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "same-origin"}
+
+
 class PageRoute(APIRoute):
     """Routes for HTML pages: a missing session redirects to /login, a domain error renders
     error.html with its status, and renewed session cookies are set on whatever is returned."""
@@ -158,6 +164,8 @@ class PageRoute(APIRoute):
                 response = login_redirect(request.url.path, request)
             except ProblemError as e:
                 response = render_problem(request, e)
+            for name, value in PAGE_HEADERS.items():
+                response.headers.setdefault(name, value)
             return apply_session_cookies(request, response)
 
         return handler
