@@ -92,8 +92,9 @@ def test_modbus_connector_feeds_the_store_survives_server_loss_and_follows_chang
             # Stopped: the manager no longer runs it.
             assert client.post(f"/api/connectors/{cid}/stop", headers=h).status_code == 200
             wait_for(lambda: _status(client, h, cid)["running"] is False, what="stopped")
+            time.sleep(0.3)  # a poll submitted just before the stop still becomes durable
             stopped_at = _latest(client, h, device_id)["dp_kpa"]["ts"]
-            time.sleep(0.4)
+            time.sleep(0.5)
             assert _latest(client, h, device_id)["dp_kpa"]["ts"] == stopped_at
     finally:
         server.close()

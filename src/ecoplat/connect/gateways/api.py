@@ -77,9 +77,9 @@ async def opcua_browse(actor: CanWrite, data: BrowseIn) -> BrowseOut:
     """Lists the children of a node of an OPC UA server, for choosing the nodes to map."""
     node_id = data.node_id or OBJECTS_FOLDER
     try:
-        entries = await asyncio.wait_for(
-            browse(data.endpoint, node_id, timeout_s=data.timeout_s, username=data.username, password=data.password),
-            timeout=data.timeout_s * 2)
+        async with asyncio.timeout(data.timeout_s * 2):
+            entries = await browse(data.endpoint, node_id, timeout_s=data.timeout_s, username=data.username,
+                                   password=data.password)
     except ValueError as e:
         field = "node_id" if "node id" in str(e) else "endpoint"
         raise Unprocessable(f"{field}: {e}", errors=[{"field": field, "message": str(e), "type": "value_error"}]) from e
@@ -99,7 +99,8 @@ async def modbus_test_read(actor: CanWrite, config: dict[str, Any]) -> ReadOut:
     """Reads every register of a Modbus configuration once (before saving it)."""
     cfg = ModbusConnector.validate_config(config)
     try:
-        rows = await asyncio.wait_for(read_once(cfg), timeout=min(TEST_READ_MAX_S, cfg.timeout_s * (len(cfg.registers) + 2)))
+        async with asyncio.timeout(min(TEST_READ_MAX_S, cfg.timeout_s * (len(cfg.registers) + 2))):
+            rows = await read_once(cfg)
     except Exception as e:  # whatever the client library raises, the answer is "could not read"
         log.info("test read from %s:%s failed", cfg.host, cfg.port, exc_info=True)
         raise ServerUnreachable(f"Could not read from {cfg.host}:{cfg.port}: {describe_error(e)}.") from e

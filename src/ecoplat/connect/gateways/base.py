@@ -8,7 +8,6 @@ tenant's configuration lives on a shared object."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import math
@@ -262,12 +261,17 @@ class Coordinator:
                                              name=f"connector-{self.connector.type_name}-{self.connector.device_id}")
         return self._task
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 5.0) -> None:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # Bounded: a client library that swallows the cancellation must not hang shutdown.
+            done, _ = await asyncio.wait({task}, timeout=timeout_s)
+            if not done:
+                log.warning("connector %s for device %s did not stop within %s s", self.connector.type_name,
+                            self.connector.device_id, timeout_s)
+            elif not task.cancelled() and task.exception() is not None:
+                log.debug("connector task ended with %r", task.exception())
         self._emit(state=ConnectorState.stopped, retry_in_s=None)
 
 

@@ -153,13 +153,17 @@ class OpcUaConnector(Connector[OpcUaConfig]):
             await self._deliver(client, session, queue)
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), timeout=config.timeout_s)
+                async with asyncio.timeout(config.timeout_s):
+                    await client.disconnect()
 
     async def _deliver(self, client: Client, session: ConnectorSession,
                        queue: asyncio.Queue[tuple[NodeMapping, int, Any]]) -> None:
         while True:
             try:
-                first = await asyncio.wait_for(queue.get(), timeout=self.config.watchdog_interval_s)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancellation
+                # that arrives together with a value, leaving a connector that cannot be stopped.
+                async with asyncio.timeout(self.config.watchdog_interval_s):
+                    first = await queue.get()
             except TimeoutError:
                 # Quiet servers are normal; a dead one raises here and the coordinator reconnects.
                 await client.check_connection()
@@ -225,4 +229,5 @@ async def browse(endpoint: str, node_id: str | None = None, *, timeout_s: float 
         return out
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.disconnect(), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await client.disconnect()

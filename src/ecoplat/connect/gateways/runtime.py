@@ -32,6 +32,8 @@ from ecoplat.telemetry.points import Point
 
 log = logging.getLogger(__name__)
 
+STOP_TIMEOUT_S = 5.0
+
 
 class ConnectorManager:
     """Owns the live coordinators of this process. Each coordinator gets its own connector
@@ -70,9 +72,11 @@ class ConnectorManager:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            # Bounded: shutting the platform down must not hang on a stuck background task.
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+            for task in stuck:
+                log.warning("connector manager task %s did not stop in %s s", task.get_name(), STOP_TIMEOUT_S)
         self._tasks = []
         for cid in list(self._coordinators):
             await self._stop_one(cid)
@@ -103,8 +107,11 @@ class ConnectorManager:
 
     async def _reconcile_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancellation that
+            # arrives as the timeout fires, and stop() would then wait for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.reconcile_s)
+                async with asyncio.timeout(self.reconcile_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.reconcile()
