@@ -87,3 +87,14 @@ def test_kpi_page_draws_rate_priority_and_top10_charts(client: TestClient, db: S
     assert marks == [1, 2, 10]
     pie = json.loads(r.text.split('id="chart-priority-option">', 1)[1].split("</script>", 1)[0])
     assert {d["name"]: d["value"] for d in pie["series"][0]["data"]}["Medium"] == 3
+
+
+def test_console_shows_in_app_notifications(client: TestClient, db: Session, plant: Plant) -> None:
+    from ecoplat.alarms.models import InAppNotification
+
+    db.add(InAppNotification(enterprise_id=plant.enterprise_id, priority=1, title="[URGENT] alarm: E-101 chlorine 4 ppm",
+                             body="E-101 chlorine 4 ppm"))
+    db.flush()
+    _login(client, plant, "operator")
+    r = client.get("/alarms")
+    assert "[URGENT] alarm: E-101 chlorine 4 ppm" in r.text.split('id="in-app-notifications"', 1)[1]

@@ -119,7 +119,7 @@ def console(request: Request, db: DbSession, principal: PagePrincipal, site_id: 
     principal.require("alarms:read")
     ctx = _context(db, principal, site_id, priority, state, show)
     ctx.update({"sites": _sites(db, principal), "state_labels": STATE_LABELS, "priority_labels": PRIORITY_LABELS,
-                "query": request.url.query})
+                "query": request.url.query, "notifications": service.list_in_app(db, actor=principal, limit=10)})
     return render(request, "alarms/console.html", ctx)
 
 
