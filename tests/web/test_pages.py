@@ -171,6 +171,14 @@ def test_overview_of_an_ecosystem_one_is_not_in_answers_404(web: TestClient, dem
     assert "Not found" in response.text
 
 
+def test_mistyped_page_link_answers_an_html_page(web: TestClient, demo: DemoWorld) -> None:
+    sign_in(web, demo, SME_ADMIN)
+    response = web.get("/?ecosystem=abc")
+    assert response.status_code == 422
+    assert "text/html" in response.headers["content-type"]
+    assert "ecosystem" in text_of(response.text)
+
+
 def test_platform_admin_overview_lists_every_ecosystem(web: TestClient, demo: DemoWorld) -> None:
     sign_in(web, demo, PLATFORM_ADMIN)
     hvac = demo.result.ecosystem_ids["hvac-customization"]

@@ -19,12 +19,13 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute, APIRouter
 
 from ecoplat.config import Settings
 from ecoplat.db import DbSession
-from ecoplat.errors import NotAuthenticated, ProblemError
+from ecoplat.errors import NotAuthenticated, ProblemError, Unprocessable, _loc
 from ecoplat.tenancy import service as tenancy
 from ecoplat.tenancy.auth import Principal, authenticate
 from ecoplat.web.templating import apply_session_cookies, render
@@ -164,6 +165,10 @@ class PageRoute(APIRoute):
                 response = login_redirect(request.url.path, request)
             except ProblemError as e:
                 response = render_problem(request, e)
+            except RequestValidationError as e:
+                # A mistyped link (?ecosystem=abc) gets a page saying what is wrong, not JSON.
+                problems = "; ".join(f"{_loc(err.get('loc', ()))}: {err.get('msg', '')}" for err in e.errors())
+                response = render_problem(request, Unprocessable(problems or "The request is not valid."))
             for name, value in PAGE_HEADERS.items():
                 response.headers.setdefault(name, value)
             return apply_session_cookies(request, response)
