@@ -76,6 +76,10 @@ KIND_LABELS = {"site": N_("Site"), "area": N_("Area"), "line": N_("Line"), "work
                "equipment": N_("Equipment")}
 ACTION_LABELS = {"create": N_("created"), "update": N_("updated"), "delete": N_("deleted"),
                  "login": N_("signed in"), "login_failed": N_("failed sign-in"), "revoke": N_("revoked")}
+ENTITY_LABELS = {"ecosystem": N_("ecosystem"), "enterprise": N_("enterprise"),
+                 "ecosystem_membership": N_("ecosystem membership"), "site": N_("site"), "area": N_("area"),
+                 "line": N_("line"), "workstation": N_("workstation"), "equipment": N_("equipment"),
+                 "user": N_("user"), "api_key": N_("API key")}
 DEVICE_STATUS_LABELS = {"online": N_("online"), "offline": N_("offline")}
 PAGE_LIMIT = 50
 TREE_BATCH = 500
@@ -513,7 +517,5 @@ def audit_page(request: Request, db: DbSession, principal: PagePrincipal,
     return render(request, "audit.html", {"rows": rows, "next_cursor": next_cursor, "params": params,
                                           "show_value": show_value,
                                           "errors": errors, "timezone": tz_name, "action_labels": ACTION_LABELS,
-                                          "entity_types": ["ecosystem", "enterprise", "ecosystem_membership", "site",
-                                                           "area", "line", "workstation", "equipment", "user",
-                                                           "api_key"]},
+                                          "entity_labels": ENTITY_LABELS},
                   status_code=422 if set(errors) - {"cursor"} else 200)
