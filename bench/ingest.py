@@ -450,10 +450,11 @@ def sse_latencies(base: str, token: str, device_id: int, stop: threading.Event, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ecoplat bench ingest", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--messages", type=int, default=40_000, help="single-point messages per throughput run")
+    ap.add_argument("--messages", type=int, default=30_000, help="single-point messages per throughput run")
     ap.add_argument("--gateway-messages", type=int, default=4_000, help="100-point gateway messages per run")
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
     ap.add_argument("--latency-seconds", type=float, default=6.0)
+    ap.add_argument("--repeat", type=int, default=2, help="single-point runs per path (best kept)")
     ap.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     args = ap.parse_args(argv)
 
@@ -478,9 +479,11 @@ def main(argv: list[str] | None = None) -> int:
             url_b = args.database_url or f"sqlite:///{tmp / 'bridge.db'}"
             seeded_b = seed(url_b, P)
             # 1. Mosquitto ceiling, single points and gateway batches
-            results["ceiling_msgs_s"] = ceiling("127.0.0.1", mport, [
+            # Single-point runs are repeated and the best kept on both sides: on a shared 2-core
+            # machine one run can lose the CPU to something else.
+            results["ceiling_msgs_s"] = max(ceiling("127.0.0.1", mport, [
                 PubSpec("127.0.0.1", mport, None, f"v1/devices/{tok}/telemetry", "single", per_pub, base_ts)
-                for _id, tok in seeded_b.devices], single_topics)
+                for _id, tok in seeded_b.devices], single_topics) for _ in range(args.repeat))
             step("mosquitto ceiling (single)")
             results["ceiling_gateway_msgs_s"] = ceiling("127.0.0.1", mport, [
                 PubSpec("127.0.0.1", mport, None, f"v1/gateway/{tok}/telemetry", "gateway", per_pub_gw, base_ts,
@@ -492,10 +495,14 @@ def main(argv: list[str] | None = None) -> int:
             plat = Platform(url_b, tmp / "bridge", bridge_url=f"mqtt://127.0.0.1:{mport}")
             platforms.append(plat)
             time.sleep(1.0)  # subscribed
-            t0, _ = run_publishers([PubSpec("127.0.0.1", mport, None, f"v1/devices/{tok}/telemetry", "single", per_pub,
-                                            base_ts) for _id, tok in seeded_b.devices])
-            t_done = wait_stored(url_b, {id_: ("current_ka", base_ts + per_pub - 1) for id_, _t in seeded_b.devices})
-            results["platform_msgs_s"] = P * per_pub / (t_done - t0)
+            runs = []
+            for r in range(args.repeat):
+                r_ts = base_ts + r * per_pub
+                t0, _ = run_publishers([PubSpec("127.0.0.1", mport, None, f"v1/devices/{tok}/telemetry", "single",
+                                                per_pub, r_ts) for _id, tok in seeded_b.devices])
+                t_done = wait_stored(url_b, {id_: ("current_ka", r_ts + per_pub - 1) for id_, _t in seeded_b.devices})
+                runs.append(P * per_pub / (t_done - t0))
+            results["platform_msgs_s"] = max(runs)
             step("bridge platform (single)")
             # warm-up: children are created on first sight
             run_publishers([PubSpec("127.0.0.1", mport, None, f"v1/gateway/{tok}/telemetry", "gateway", 1,
@@ -536,9 +543,9 @@ def main(argv: list[str] | None = None) -> int:
             step("bridge latency at half peak")
 
             # 4. amqtt's own ceiling (a bare broker, decode-only hook)
-            results["amqtt_ceiling_msgs_s"] = amqtt_ceiling(lambda port: [
+            results["amqtt_ceiling_msgs_s"] = max(amqtt_ceiling(lambda port: [
                 PubSpec("127.0.0.1", port, None, "v1/devices/me/telemetry", "single", per_pub, base_ts)
-                for _ in range(P)], P * per_pub)
+                for _ in range(P)], P * per_pub) for _ in range(args.repeat))
             step("amqtt ceiling (single)")
             results["amqtt_ceiling_gateway_msgs_s"] = amqtt_ceiling(lambda port: [
                 PubSpec("127.0.0.1", port, None, "v1/gateway/telemetry", "gateway", per_pub_gw, base_ts,
@@ -553,9 +560,12 @@ def main(argv: list[str] | None = None) -> int:
             platforms.append(plat)
             _wait_mqtt(plat.mqtt_port)
             e_ts = base_ts + 20 * args.messages
-            t0, res = run_publishers([PubSpec("127.0.0.1", plat.mqtt_port, tok, "v1/devices/me/telemetry", "single",
-                                              per_pub, e_ts) for _id, tok in seeded_e.devices])
-            results["embedded_msgs_s"] = P * per_pub / (max(r["last_ack"] for r in res) - t0)
+            runs = []
+            for r in range(args.repeat):
+                t0, res = run_publishers([PubSpec("127.0.0.1", plat.mqtt_port, tok, "v1/devices/me/telemetry",
+                                                  "single", per_pub, e_ts + r * per_pub) for _id, tok in seeded_e.devices])
+                runs.append(P * per_pub / (max(x["last_ack"] for x in res) - t0))
+            results["embedded_msgs_s"] = max(runs)
             step("embedded platform (single)")
             run_publishers([PubSpec("127.0.0.1", plat.mqtt_port, tok, "v1/gateway/telemetry", "gateway", 1, e_ts - 10,
                                     prefix=f"e{p}") for p, (_id, tok) in enumerate(seeded_e.gateways)])
@@ -565,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
             results["embedded_gateway_msgs_s"] = P * per_pub_gw / (max(r["last_ack"] for r in res) - t0)
             rate_e = results["embedded_msgs_s"] / 2 / P
             _t0, res = run_publishers([PubSpec("127.0.0.1", plat.mqtt_port, tok, "v1/devices/me/telemetry", "single",
-                                               int(rate_e * args.latency_seconds), e_ts + args.messages, rate=rate_e,
+                                               int(rate_e * args.latency_seconds), e_ts + 10 * args.messages, rate=rate_e,
                                                latency=True) for _id, tok in seeded_e.devices])
             elat = sorted(x * 1000 for r in res for x in r["latencies"])
             results["embedded_p50_store_ms"] = percentile(elat, 50)
