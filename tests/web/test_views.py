@@ -65,3 +65,26 @@ def test_values_read_as_json() -> None:
     assert show_value(None) == "—" and show_value("Weifang") == "Weifang" and show_value(3) == "3"
     assert iri_local_name("https://ecoplat.dev/kg/chlor-alkali#LiquidChlorineTank") == "LiquidChlorineTank"
     assert iri_local_name("https://ecoplat.dev/kg/Compressor") == "Compressor"
+
+
+def test_navigation_shows_permitted_entries_and_marks_the_most_specific_active() -> None:
+    from ecoplat.tenancy.auth import Principal
+    from ecoplat.tenancy.permissions import permissions_for
+    from ecoplat.web import templating
+    from ecoplat.web.templating import NavItem, _nav_for
+
+    operator = Principal(user_id=1, enterprise_id=1, roles=frozenset({"operator"}), label="op",
+                         permissions=permissions_for(["operator"]))
+    extra = [NavItem("/x-alarms", "Alarms", "alarms:read", order=40),
+             NavItem("/x-alarms/kpis", "Alarm KPIs", "alarms:read", order=41)]
+    templating.NAV.extend(extra)
+    try:
+        nav = _nav_for(operator, "/x-alarms/kpis")
+        paths = [n["path"] for n in nav]
+        assert "/users" not in paths and "/audit" not in paths and "/enterprises" not in paths
+        assert [n["path"] for n in nav if n["active"]] == ["/x-alarms/kpis"]
+        assert [n["path"] for n in _nav_for(operator, "/") if n["active"]] == ["/"]
+        assert _nav_for(None, "/") == []
+    finally:
+        for item in extra:
+            templating.NAV.remove(item)
