@@ -14,9 +14,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENDPOINTS = ("list", "search", "detail")
-# Starts three servers and two load generators: a few tens of seconds, not a unit test.
-pytestmark = pytest.mark.slow
-
 FIGURES = ("count", "errors", "p50_ms", "p95_ms", "p99_ms", "max_ms", "throughput_rps")
 
 
@@ -34,6 +31,8 @@ def bench_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads(last)
 
 
+# The end-to-end tests start three servers and two load generators: tens of seconds each run.
+@pytest.mark.slow
 def test_bench_tenancy_prints_one_json_object_with_every_endpoint_and_baseline(bench_result: dict) -> None:
     assert bench_result["benchmark"] == "tenancy"
     assert bench_result["enterprises"] == 200
@@ -58,6 +57,7 @@ def test_bench_tenancy_prints_one_json_object_with_every_endpoint_and_baseline(b
             and sqlite["endpoints"][ep]["errors"] == 0 for ep in ENDPOINTS))
 
 
+@pytest.mark.slow
 def test_bench_tenancy_requests_all_succeed_and_pages_walk_the_list(bench_result: dict) -> None:
     sqlite = bench_result["backends"]["sqlite"]
     assert sqlite["error_samples"] == []
@@ -73,3 +73,28 @@ def test_bench_tenancy_requests_all_succeed_and_pages_walk_the_list(bench_result
     # The plans show index use: the keyset page is a primary-key range, search goes through FTS5.
     assert "PRIMARY KEY" in sqlite["plans"]["list_after"]
     assert "enterprises_fts" in sqlite["plans"]["search"]
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    from bench._common import latency_summary, percentile
+
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([5.0], 95) == 5.0
+    summary = latency_summary([0.001 * i for i in range(1, 101)], duration_s=2.0)
+    assert summary["count"] == 100
+    assert summary["p50_ms"] == 50.5
+    assert summary["p95_ms"] == 95.05
+    assert summary["max_ms"] == 100.0
+    assert summary["throughput_rps"] == 50.0
+
+
+def test_baseline_search_binds_what_the_tenancy_service_binds() -> None:
+    """The database baseline must run the service's own search, or the ratio means nothing."""
+    from bench.tenancy import search_param
+
+    from ecoplat.tenancy import service
+
+    for fragment in ("Hengtai", "50%_off\\", 'say "hi"', "ab"):
+        assert search_param("postgresql", fragment) == service._like_pattern(fragment)
+    assert search_param("sqlite", 'Heng"tai') == '"Heng""tai"'
+    assert search_param("sqlite", "ab") == service._like_pattern("ab")  # too short for trigrams
