@@ -82,6 +82,18 @@ SCENARIOS = [
         [[(ALARM, UNACK, 1000), (RTN, RTN_UNACK, 3000)], [(ALARM, UNACK, 1000), (RTN, RTN_UNACK, 3000)]],
     ),
     Scenario(
+        "suppressed_by_design_while_the_unit_is_stopped",
+        [{"kind": "high", "key": "temp_c", "params": {"limit": 80, "suppress_when": "running == False"}},
+         {"kind": "high", "key": "pressure_kpa", "params": {"limit": 10, "suppress_when": "running == False"}}],
+        [(0, "running", True), (0, "temp_c", 70.0), (1000, "temp_c", 85.0), (2000, "running", False),
+         (3000, "temp_c", 70.0), (3500, "pressure_kpa", 12.0), (4000, "temp_c", 90.0), (5000, "running", True)],
+        # The open alarm is suppressed at 2 s; it cleared and sounded again while hidden, so it comes
+        # back unacknowledged at 5 s. The second one sounds only while suppressed: on the record,
+        # hidden until 5 s.
+        [[(ALARM, UNACK, 1000), ("suppress", "suppressed", 2000), ("unsuppress", UNACK, 5000)],
+         [("suppress", "suppressed", 3500), ("unsuppress", UNACK, 5000)]],
+    ),
+    Scenario(
         "stale_data_from_the_ticker",
         [{"kind": "stale", "key": "cl2_ppm", "params": {"seconds": 10}}],
         [(0, "cl2_ppm", 0.4), (15_000, "cl2_ppm", 0.5)],

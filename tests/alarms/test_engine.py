@@ -185,3 +185,18 @@ def test_forgetting_a_device_keeps_its_active_conditions() -> None:
     assert run(e, "t", [(0, 85)]) == [(True, 0)]
     e.forget_device(7)  # e.g. the device was re-credentialed; it is looked up again
     assert run(e, "t", [(1, 86), (2, 70)]) == [(False, 2)]
+
+
+def test_suppress_when_is_checked_like_an_expression() -> None:
+    with pytest.raises(RuleError) as info:
+        compile_rule(RuleSpec(id=1, enterprise_id=1, device_id=1, kind="high", key="t",
+                              params={"limit": 1, "suppress_when": "running.__class__"}))
+    assert info.value.field == "params.suppress_when" and "attribute access" in str(info.value)
+
+
+def test_suppression_by_design_follows_the_plant_state() -> None:
+    e = engine_with(kind="high", key="t", params={"limit": 80, "suppress_when": "not running"})
+    pts = [Point(7, "running", 0, True), Point(7, "t", 0, 85.0), Point(7, "running", 1, False),
+           Point(7, "t", 2, 70.0), Point(7, "running", 3, True)]
+    got = [(c.active, c.at, c.suppression, c.suppressed) for c in e.evaluate(pts)]
+    assert got == [(True, 0, None, False), (True, 1, True, True), (False, 2, None, True), (False, 3, False, False)]

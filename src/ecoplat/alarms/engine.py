@@ -18,7 +18,7 @@ import string
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -94,6 +94,10 @@ class ConditionChange:
     key: str = ""
     kind: str = ""
     site_id: int | None = None
+    # Suppression by design (params.suppress_when): True/False when this change *is* the
+    # suppression starting or ending (``active`` then repeats the condition); None otherwise.
+    suppression: bool | None = None
+    suppressed: bool = False  # the rule's suppression holds at the time of this change
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,8 +293,10 @@ class CompiledRule:
     on_delay_ms: int = 0
     off_delay_ms: int = 0
     evaluator: SimpleEval | None = None  # one per rule, used under the engine's lock
+    suppress_evaluator: SimpleEval | None = None
     # Precomputed for the per-point checks.
     check: Callable[[Any, Any, Point], bool | None] | None = None
+    suppress: CompiledExpression | None = None  # suppression by design
     limit_f: float = 0.0
     clear_level: float = 0.0
     setpoint_f: float = 0.0
@@ -372,6 +378,15 @@ def compile_rule(spec: RuleSpec) -> CompiledRule:
         rule.expression = compile_expression(source)
         rule.keys = rule.expression.names
         rule.limit = _number(params, "limit", required=False)
+    suppress_when = params.get("suppress_when")
+    if suppress_when is not None:
+        if not isinstance(suppress_when, str):
+            raise RuleError("params.suppress_when must be an expression over the device's keys, "
+                            "e.g. 'running == False'.", "params.suppress_when")
+        try:
+            rule.suppress = compile_expression(suppress_when)
+        except RuleError as e:
+            raise RuleError(str(e), "params.suppress_when") from e
     rule.limit_f = rule.limit or 0.0
     low_side = kind in (RuleKind.low, RuleKind.low_low)
     rule.clear_level = rule.limit_f + spec.deadband if low_side else rule.limit_f - spec.deadband
@@ -409,6 +424,7 @@ class Binding:
     last_ts: int | None = None  # for stale data
     last_value: Value | None = None
     history: deque[tuple[int, float]] | None = None  # rate-of-change window
+    suppressed: bool = False  # suppression by design holds
 
 
 class RuleEngine:
@@ -433,6 +449,7 @@ class RuleEngine:
         self._latest: dict[int, dict[str, Value]] = {}  # values of keys multi-key rules need
         self._multi_keys: dict[int, set[str]] = {}  # device → keys to remember
         self._carry: dict[tuple[int, int], tuple[Any, ...]] = {}  # state kept across a rebind
+        self._suppress_index: dict[tuple[int, str], list[Binding]] = {}  # keys of suppress_when
         for spec in rules:
             if spec.enabled:
                 self._rules[spec.id] = compile_rule(spec)
@@ -536,6 +553,12 @@ class RuleEngine:
             self._index.setdefault((info.id, key), []).append(binding)
         if len(rule.keys) > 1 or rule.kind == RuleKind.expression:
             self._multi_keys.setdefault(info.id, set()).update(rule.keys)
+        if rule.suppress is not None:
+            for key in rule.suppress.names:
+                self._suppress_index.setdefault((info.id, key), []).append(binding)
+            self._multi_keys.setdefault(info.id, set()).update(rule.suppress.names)
+            # The condition's own keys too: the suppression expression may name them.
+            self._multi_keys[info.id].update(k for k in rule.keys if k)
         if rule.kind == RuleKind.stale:
             self._stale[(rule.spec.id, info.id)] = binding
 
@@ -547,6 +570,13 @@ class RuleEngine:
                 lst[:] = [b for b in lst if b is not binding]
                 if not lst:
                     del self._index[(binding.device.id, k)]
+        if binding.rule.suppress is not None:
+            for k in binding.rule.suppress.names:
+                lst = self._suppress_index.get((binding.device.id, k))
+                if lst is not None:
+                    lst[:] = [b for b in lst if b is not binding]
+                    if not lst:
+                        del self._suppress_index[(binding.device.id, k)]
         self._stale.pop(key, None)
         self._delayed.pop(key, None)
 
@@ -585,13 +615,19 @@ class RuleEngine:
                 if dev not in devices:
                     self._known(dev)
                 bindings = index.get((dev, p.key))
-                if not bindings:
+                suppressing = self._suppress_index.get((dev, p.key)) if self._suppress_index else None
+                if not bindings and not suppressing:
                     continue
                 if deferred and dev in deferred and deferred[dev][0] != p.ts:
                     self._flush_expressions(dev, deferred.pop(dev), out)
                 keep = multi.get(dev)
                 if keep is not None and p.key in keep:
                     self._latest.setdefault(dev, {})[p.key] = p.value
+                if suppressing:
+                    for b in suppressing:
+                        self._evaluate_suppression(b, p, out)
+                if not bindings:
+                    continue
                 for b in bindings:
                     check = b.rule.check
                     if check is None:  # an expression: wait for the rest of this instant
@@ -613,6 +649,16 @@ class RuleEngine:
                 self._flush_expressions(dev, entry, out)
         return out
 
+    def _evaluate_suppression(self, b: Binding, p: Point, out: list[ConditionChange]) -> None:
+        expr = b.rule.suppress
+        assert expr is not None
+        held = self._run_expression(b.rule, expr, b.device.id, "suppress_evaluator")
+        if held is None or held == b.suppressed:
+            return
+        b.suppressed = held
+        change = self._change(b, b.active, p.ts, b.last_value)
+        out.append(replace(change, suppression=held, suppressed=held))
+
     def _flush_expressions(self, dev: int, entry: tuple[int, dict[int, Binding], Value],
                            out: list[ConditionChange]) -> None:
         ts, bindings, value = entry
@@ -627,15 +673,20 @@ class RuleEngine:
     def _expression(self, b: Binding) -> bool | None:
         expr = b.rule.expression
         assert expr is not None
-        latest = self._latest.get(b.device.id, {})
+        return self._run_expression(b.rule, expr, b.device.id, "evaluator")
+
+    def _run_expression(self, rule: CompiledRule, expr: CompiledExpression, device_id: int,
+                        slot: str) -> bool | None:
+        latest = self._latest.get(device_id, {})
         names: dict[str, Any] = {}
         for n in expr.names:
             if n not in latest:
                 return None  # not every key has a value yet
             names[n] = latest[n]
-        evaluator = b.rule.evaluator
+        evaluator = getattr(rule, slot)
         if evaluator is None:
-            evaluator = b.rule.evaluator = _make_evaluator()
+            evaluator = _make_evaluator()
+            setattr(rule, slot, evaluator)
         evaluator.names = names
         try:
             result = evaluator.eval(expr.source, previously_parsed=expr.tree)
@@ -688,7 +739,7 @@ class RuleEngine:
                                enterprise_id=b.device.enterprise_id, active=active, at=at,
                                value=value, limit=rule.limit, priority=int(rule.spec.priority),
                                message=message, key=rule.spec.key or ",".join(rule.keys),
-                               kind=rule.kind.value, site_id=b.device.site_id)
+                               kind=rule.kind.value, site_id=b.device.site_id, suppressed=b.suppressed)
 
     def tick(self, now_ms: int) -> list[ConditionChange]:
         """Time passing without points: stale data, and on/off delays whose time ran out while the

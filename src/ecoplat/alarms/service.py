@@ -512,6 +512,20 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange]) -> 
         key = (c.rule_id, c.device_id)
         alarm = open_alarms.get(key)
         at = from_ms(c.at)
+        if c.suppression is not None:
+            # Suppression by design starts or ends (the rule's suppress_when changed).
+            if alarm is not None:
+                step = sm.suppress if c.suppression else sm.unsuppress
+                try:
+                    new, t = step(status_of(alarm), c.at, None, "suppressed by design" if c.suppression
+                                  else "suppression by design ended")
+                except sm.InvalidTransition:
+                    continue
+                _apply(db, alarm, new, t, value=c.value, channels=channels.get(c.enterprise_id, []))
+                if alarm.closed_at is not None:
+                    open_alarms.pop(key, None)
+                touched.append(alarm)
+            continue
         if alarm is None:
             if not c.active:
                 continue  # a clear with nothing open (e.g. after the alarm was closed by hand)
@@ -523,6 +537,10 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange]) -> 
             db.add(alarm)
             db.flush()
             open_alarms[key] = alarm
+            if c.suppressed:
+                # Sounds while suppressed by design: on the record, never annunciated.
+                new, t = sm.suppress(status_of(alarm), c.at, None, "suppressed by design")
+                _apply(db, alarm, new, t, value=c.value, channels=[])
         new, t = sm.condition(status_of(alarm), c.active, c.at)
         if c.active:
             alarm.count = (alarm.count or 0) + 1
