@@ -211,8 +211,9 @@ def test_browse_a_real_opcua_server(client: TestClient, admin: Actor, opcua_serv
 def test_browse_errors_are_problems(client: TestClient, admin: Actor, opcua_server: OpcUaTestServer) -> None:
     r = client.post("/api/connectors/opcua/browse", json={"endpoint": f"opc.tcp://127.0.0.1:{free_port()}/",
                                                           "timeout_s": 2}, headers=admin.headers)
-    assert r.status_code == 502 and r.headers["content-type"].startswith("application/problem+json")
-    assert "Could not browse" in r.json()["detail"]
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+    assert "Could not browse" in r.json()["detail"] and r.json()["errors"][0]["field"] == "endpoint"
+    assert r.json()["type"].endswith("/equipment-unreachable")
     r = client.post("/api/connectors/opcua/browse", json={"endpoint": opcua_server.endpoint, "node_id": "ns=2;s=Nope"},
                     headers=admin.headers)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "node_id"
@@ -228,6 +229,7 @@ def test_modbus_test_read_against_a_real_server(client: TestClient, admin: Actor
     assert r.status_code == 200, r.text
     assert {row["key"]: row["value"] for row in r.json()["rows"]} == MODBUS_EXPECTED
     r = client.post("/api/connectors/modbus/test-read", json=config | {"port": free_port()}, headers=admin.headers)
-    assert r.status_code == 502 and "Could not read" in r.json()["detail"]
+    assert r.status_code == 422 and "Could not read" in r.json()["detail"]
+    assert r.json()["errors"][0]["field"] == "host"
     r = client.post("/api/connectors/modbus/test-read", json=config | {"registers": []}, headers=admin.headers)
     assert r.status_code == 422

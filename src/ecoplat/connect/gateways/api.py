@@ -43,8 +43,11 @@ CanRead = Annotated[Principal, require("devices:read")]
 CanWrite = Annotated[Principal, require("devices:write")]
 
 
-class ServerUnreachable(ProblemError):
-    status, type_slug = 502, "equipment-server-unreachable"
+class EquipmentUnreachable(ProblemError):
+    """The request was understood but the equipment it names did not answer. 422 rather than
+    502: the caller can act on it (fix the address, start the server), and it names the field."""
+
+    status, type_slug = 422, "equipment-unreachable"
 
 
 def to_out(row: ConnectorConfig) -> ConnectorOut:
@@ -88,8 +91,10 @@ async def opcua_browse(actor: CanWrite, data: BrowseIn) -> BrowseOut:
                             errors=[{"field": "node_id", "message": str(e), "type": "opcua_status"}]) from e
     except Exception as e:  # whatever the client library raises, the answer is "could not reach it"
         log.info("browsing %s failed", data.endpoint, exc_info=True)
-        raise ServerUnreachable(f"Could not browse {data.endpoint}: {describe_error(e)}. Check the address, "
-                                "that the server runs, and that this platform can reach it.") from e
+        detail = (f"Could not browse {data.endpoint}: {describe_error(e)}. Check the address, "
+                  "that the server runs, and that this platform can reach it.")
+        raise EquipmentUnreachable(detail, errors=[{"field": "endpoint", "message": detail,
+                                                    "type": "unreachable"}]) from e
     return BrowseOut(endpoint=data.endpoint, node_id=node_id,
                      children=[BrowseNodeOut(**e.__dict__) for e in entries])
 
@@ -103,7 +108,8 @@ async def modbus_test_read(actor: CanWrite, config: dict[str, Any]) -> ReadOut:
             rows = await read_once(cfg)
     except Exception as e:  # whatever the client library raises, the answer is "could not read"
         log.info("test read from %s:%s failed", cfg.host, cfg.port, exc_info=True)
-        raise ServerUnreachable(f"Could not read from {cfg.host}:{cfg.port}: {describe_error(e)}.") from e
+        detail = f"Could not read from {cfg.host}:{cfg.port}: {describe_error(e)}."
+        raise EquipmentUnreachable(detail, errors=[{"field": "host", "message": detail, "type": "unreachable"}]) from e
     return ReadOut(rows=[ReadRow(**r) for r in rows])
 
 
