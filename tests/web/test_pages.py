@@ -512,6 +512,14 @@ def test_pages_send_protective_headers(web: TestClient, demo: DemoWorld) -> None
         assert response.headers["Referrer-Policy"] == "same-origin"
 
 
+def test_login_page_points_a_demo_user_to_the_credentials_file(web: TestClient, demo: DemoWorld) -> None:
+    assert "demo-hint" not in web.get("/login").text  # no demo in this data dir
+    demo.settings.ensure_data_dir()
+    (demo.settings.data_dir / "demo-credentials.json").write_text("[]", encoding="utf-8")
+    page = web.get("/login").text
+    assert "demo-hint" in page and str((demo.settings.data_dir / "demo-credentials.json").resolve()) in page
+
+
 def test_static_assets_are_served(web: TestClient) -> None:
     assert web.get("/static/css/ecoplat.css").status_code == 200
     assert "ecoplatCharts" in web.get("/static/js/charts.js").text

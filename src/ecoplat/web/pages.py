@@ -113,7 +113,16 @@ def _zone(tz: str | None) -> ZoneInfo:
 def login_page(request: Request, principal: OptionalPagePrincipal, next: str = "/") -> Response:
     if principal is not None:
         return RedirectResponse(safe_next(next), status_code=303)
-    return render(request, "login.html", {"next": safe_next(next), "values": {}, "errors": {}})
+    return render(request, "login.html", {"next": safe_next(next), "values": {}, "errors": {},
+                                          "demo_credentials": _demo_credentials_path(request)})
+
+
+def _demo_credentials_path(request: Request) -> str | None:
+    """Where a demo wrote its accounts, so whoever lost the console output can find them."""
+    from ecoplat.demo import CREDENTIALS_FILE
+
+    path = request.app.state.settings.data_dir / CREDENTIALS_FILE
+    return str(path.resolve()) if path.exists() else None
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -146,7 +155,8 @@ def login_submit(request: Request, db: DbSession, email: Annotated[str, Form()] 
             set_session_cookies(response, tokens, settings)
             return response
     return render(request, "login.html", {"next": safe_next(next), "values": {"email": email}, "errors": errors,
-                                          "form_error": form_error}, status_code=status, headers=headers)
+                                          "form_error": form_error, "demo_credentials": _demo_credentials_path(request)},
+                  status_code=status, headers=headers)
 
 
 def _carry_locale_choice(request: Request, db: Session, access_token: str) -> None:
