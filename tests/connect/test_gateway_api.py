@@ -68,7 +68,7 @@ def test_create_read_update_delete_with_audit(client: TestClient, db: Session, a
     assert body["config"]["port"] == 502 and body["config"]["poll_interval_ms"] == 1000
     assert body["config"]["registers"][0] == {"key": "level_pct", "table": "input", "address": 4,
                                               "data_type": "float32", "byte_order": "CDAB", "scale": 1.0,
-                                              "offset": 0.0}
+                                              "offset": 0.0, "bit": None}
     cid = body["id"]
 
     assert client.get(f"/api/connectors/{cid}", headers=admin.headers).json()["name"] == "Tank farm PLC"

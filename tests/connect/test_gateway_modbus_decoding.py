@@ -171,3 +171,21 @@ def test_valid_config_defaults() -> None:
     c = ModbusConfig.model_validate({"host": "10.0.0.5", "registers": [{"key": "level_pct", "address": 3}]})
     assert (c.port, c.unit_id, c.registers[0].data_type, c.registers[0].byte_order) == (
         502, 1, DataType.uint16, ByteOrder.ABCD)
+
+
+def test_bool_from_one_bit_of_a_status_word() -> None:
+    regs = [RegisterConfig(key=f"b{bit}", address=4, data_type=DataType.bool, bit=bit) for bit in (0, 1, 15)]
+    regs.append(RegisterConfig(key="word_nonzero", address=4, data_type=DataType.bool))
+    (block,) = plan_reads(regs)
+    got = {r.key: v for r, v in decode_block(block, [0b1000_0000_0000_0001])}
+    assert got == {"b0": True, "b1": False, "b15": True, "word_nonzero": True}
+
+
+def test_bit_is_only_for_bools_in_registers() -> None:
+    from ecoplat.connect.gateways.modbus import ModbusConnector
+
+    for reg in ({"key": "x", "address": 1, "data_type": "int16", "bit": 3},
+                {"key": "x", "table": "coil", "address": 1, "data_type": "bool", "bit": 3},
+                {"key": "x", "address": 1, "data_type": "bool", "bit": 16}):
+        with pytest.raises(Unprocessable):
+            ModbusConnector.validate_config({"host": "plc", "registers": [reg]})

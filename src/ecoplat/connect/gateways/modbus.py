@@ -166,11 +166,15 @@ class RegisterConfig(BaseModel):
     byte_order: ByteOrder = ByteOrder.ABCD
     scale: float = Field(default=1.0, allow_inf_nan=False)
     offset: float = Field(default=0.0, allow_inf_nan=False)
+    bit: int | None = Field(default=None, ge=0, le=15,
+                            description="For a bool kept in one bit of a status word: 0 (least significant) to 15.")
 
     @model_validator(mode="after")
     def _fits(self) -> RegisterConfig:
         if self.table.is_bits and self.data_type is not DataType.bool:
             raise ValueError(f"{self.table.value} holds single bits; use data_type 'bool'")
+        if self.bit is not None and (self.table.is_bits or self.data_type is not DataType.bool):
+            raise ValueError("bit applies to data_type 'bool' read from a holding or input register")
         if not self.table.is_bits and self.address + register_count(self.data_type) > 65536:
             raise ValueError("the value runs past the last register address (65535)")
         return self
@@ -239,6 +243,8 @@ def decode_block(block: ReadBlock, words_or_bits: Sequence[int | bool]) -> list[
         i = r.address - block.address
         if block.table.is_bits:
             raw: int | float | bool = bool(words_or_bits[i])
+        elif r.bit is not None:
+            raw = bool((int(words_or_bits[i]) >> r.bit) & 1)
         else:
             raw = decode_registers([int(w) for w in words_or_bits[i:i + r.width]], r.data_type, r.byte_order)
         out.append((r, scale_value(raw, r.scale, r.offset)))
