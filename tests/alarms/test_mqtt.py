@@ -162,3 +162,32 @@ def test_mqtt_alarm_is_acknowledged_over_the_api_and_the_banner_counts_it(platfo
     assert platform.http.get("/api/alarms/unacknowledged-count", headers=operator).json() == {"count": 0}
 
 
+
+
+def test_the_running_ticker_raises_stale_data_alarms_on_wall_time(platform: Platform) -> None:
+    with platform.database.session() as db:
+        plant = make_plant(db, devices=("E-101",))
+    r = platform.http.post("/api/alarm-rules", headers=plant.people["engineer"].headers,
+                           json={"device_id": plant.device_id("E-101"), "kind": "stale", "key": "cl2_ppm",
+                                 "params": {"seconds": 1}, "priority": 2})
+    rule_id = r.json()["id"]
+    _wait(lambda: platform.app.state.alarms.engine.has_rule(rule_id), what="rule loaded")
+    client = _device_client(platform, plant.devices["E-101"][1])
+    try:
+        sent = int(time.time() * 1000)
+        info = client.publish("v1/devices/me/telemetry", orjson.dumps({"ts": sent, "values": {"cl2_ppm": 0.3}}), qos=1)
+        info.wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    operator = plant.people["operator"].headers
+
+    def stale_alarm() -> list[dict[str, Any]]:
+        return [a for a in platform.http.get("/api/alarms", headers=operator).json()["items"]
+                if a["rule_id"] == rule_id]
+
+    (alarm,) = _wait(stale_alarm, timeout=10, what="stale-data alarm from the ticker")
+    raised = int(datetime.fromisoformat(alarm["first_triggered_at"]).timestamp() * 1000)
+    # No value for more than 1 s, noticed by a tick at most a tick interval (1 s) later.
+    assert sent + 1000 < raised <= sent + 1000 + 2500
+    assert alarm["state"] == "unacknowledged"
