@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from html import unescape
 
 import jwt
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -161,6 +163,25 @@ def test_overview_charts_members_by_size_class_and_country(web: TestClient, demo
     # Only its own enterprise is a link for an ordinary member.
     assert f'href="/enterprises/{demo.enterprise_id("huaxin")}"' in response.text
     assert f'href="/enterprises/{demo.enterprise_id("bohai")}"' not in response.text
+
+
+def test_overview_pages_the_member_table_but_charts_every_member(web: TestClient, demo: DemoWorld,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from ecoplat.web import pages
+
+    monkeypatch.setattr(pages, "PAGE_LIMIT", 3)
+    sign_in(web, demo, SME_ADMIN)
+    first = web.get("/")
+    assert first.text.count('<td>', first.text.index('id="members"')) == 3 * 5
+    assert _chart_option(first.text, "chart-size")["series"][0]["data"] == [1, 0, 3, 0]
+    assert re.search(r'data-testid="member-count">4<', first.text)
+    link = re.search(r'<nav class="pager"><a href="([^"]+)"', first.text)
+    assert link, "no next page link"
+    second = web.get("/" + unescape(link.group(1)))
+    assert second.status_code == 200
+    names = [n for n in ("Bohai Chlor-Alkali Group", "Huaxin Salt Chemical Co.", "Mekong Caustic Soda JSC",
+                         "Siam Chlor Products Co., Ltd.") if n in text_of(second.text.split('id="members"')[1])]
+    assert len(names) == 1 and 'class="pager"' not in second.text
 
 
 def test_overview_of_an_ecosystem_one_is_not_in_answers_404(web: TestClient, demo: DemoWorld) -> None:

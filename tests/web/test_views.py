@@ -45,10 +45,10 @@ def test_equipment_sits_under_the_deepest_place_it_has() -> None:
 
 
 def test_size_chart_has_every_class_and_country_chart_sorts_by_count() -> None:
-    size = size_class_chart(["small", "large", "small"], str.upper, "Members")
+    size = size_class_chart({"small": 2, "large": 1}, str.upper, "Members")
     assert size["xAxis"]["data"] == ["LARGE", "MEDIUM", "SMALL", "MICRO"]
     assert size["series"][0]["data"] == [1, 0, 2, 0]
-    pie = country_chart(["VN", "CN", "CN", "TH"], lambda c: {"CN": "China"}.get(c, c), "By country")
+    pie = country_chart({"VN": 1, "CN": 2, "TH": 1}, lambda c: {"CN": "China"}.get(c, c), "By country")
     assert pie["series"][0]["data"] == [{"name": "China", "value": 2}, {"name": "TH", "value": 1},
                                         {"name": "VN", "value": 1}]
 

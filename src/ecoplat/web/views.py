@@ -4,8 +4,7 @@ for the ecosystem overview, and the before/after diff of an audit event."""
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,19 +78,19 @@ def iri_local_name(iri: str) -> str:
     return iri
 
 
-def size_class_counts(size_classes: Iterable[str]) -> list[tuple[str, int]]:
-    counts = Counter(size_classes)
-    return [(s, counts.get(s, 0)) for s in SIZE_CLASSES]
+def size_class_counts(counts: Mapping[str, int]) -> list[tuple[str, int]]:
+    """All four size classes in order, zeros included."""
+    return [(s, int(counts.get(s, 0))) for s in SIZE_CLASSES]
 
 
-def country_counts(countries: Iterable[str]) -> list[tuple[str, int]]:
-    counts = Counter(countries)
-    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+def country_counts(counts: Mapping[str, int]) -> list[tuple[str, int]]:
+    """Countries by number of members, most first (ties by code)."""
+    return sorted(((c, int(n)) for c, n in counts.items()), key=lambda kv: (-kv[1], kv[0]))
 
 
-def size_class_chart(size_classes: Iterable[str], label: Callable[[str], str], title: str) -> dict[str, Any]:
+def size_class_chart(counts: Mapping[str, int], label: Callable[[str], str], title: str) -> dict[str, Any]:
     """ECharts bar chart option: members per size class (all four classes, zeros included)."""
-    data = size_class_counts(size_classes)
+    data = size_class_counts(counts)
     return {
         "title": {"text": title, "left": "center", "textStyle": {"fontSize": 14}},
         "tooltip": {"trigger": "axis"},
@@ -102,13 +101,13 @@ def size_class_chart(size_classes: Iterable[str], label: Callable[[str], str], t
     }
 
 
-def country_chart(countries: Iterable[str], label: Callable[[str], str], title: str) -> dict[str, Any]:
+def country_chart(counts: Mapping[str, int], label: Callable[[str], str], title: str) -> dict[str, Any]:
     """ECharts pie chart option: members per country."""
     return {
         "title": {"text": title, "left": "center", "textStyle": {"fontSize": 14}},
         "tooltip": {"trigger": "item", "formatter": "{b}: {c} ({d}%)"},
         "series": [{"type": "pie", "radius": ["35%", "65%"], "top": 30,
-                    "data": [{"name": label(c), "value": n} for c, n in country_counts(countries)]}],
+                    "data": [{"name": label(c), "value": n} for c, n in country_counts(counts)]}],
     }
 
 
