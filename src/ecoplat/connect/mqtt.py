@@ -125,7 +125,6 @@ class MqttDeviceApi:
         self._children: dict[tuple[int, str], _Child] = {}
         self._child_by_id: dict[int, _Child] = {}
         self._unsubscribe: list[Callable[[], None]] = []
-        self._rpc_seq = 0
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -164,7 +163,9 @@ class MqttDeviceApi:
         return ref
 
     async def resolve(self, token: str) -> Any | None:
-        return await _maybe_await(self.ingest.resolve_token(token))
+        # A cache miss is a database query: off the event loop, so one CONNECT never stalls the
+        # publishes of every other device.
+        return await _maybe_await(await asyncio.to_thread(self.ingest.resolve_token, token))
 
     def connection_opened(self, ref: Any, client_id: str, conn: Connection) -> None:
         self._live.setdefault(ref.device_id, {})[client_id] = conn
