@@ -49,6 +49,9 @@ _root = _root_conftest()
 free_port: Callable[[], int] = _root.free_port
 new_database_url: Callable[[str, Path], str] = _root.new_database_url
 drop_postgres_database: Callable[[str], None] = _root.drop_postgres_database
+# The scaled-out deployment's database: PostgreSQL when the run has it, SQLite otherwise. The
+# multi-process bridge tests run once, on this one, to keep the suite's time in bounds.
+SCALED_OUT_BACKEND: str = _root.BACKENDS[-1]
 
 
 @dataclass

@@ -23,6 +23,7 @@ from ecoplat.migrations_runner import upgrade
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_support import (  # noqa: E402
+    SCALED_OUT_BACKEND,
     drop_postgres_database,
     free_port,
     ingest_mosquitto,
@@ -153,7 +154,6 @@ def test_kill_9_of_the_embedded_broker_loses_no_acknowledged_point_and_doubles_n
 
 @pytest.mark.slow
 @pytest.mark.mosquitto
-def test_kill_9_of_a_bridge_ingest_process_loses_no_point_and_doubles_none(
-        backend: str, tmp_path: Path) -> None:
+def test_kill_9_of_a_bridge_ingest_process_loses_no_point_and_doubles_none(tmp_path: Path) -> None:
     with ingest_mosquitto(tmp_path) as broker:
-        _run_crash(tmp_path, backend, bridge=broker)
+        _run_crash(tmp_path, SCALED_OUT_BACKEND, bridge=broker)

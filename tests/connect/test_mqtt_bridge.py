@@ -26,6 +26,7 @@ from ecoplat.migrations_runner import upgrade
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_support import (  # noqa: E402
+    SCALED_OUT_BACKEND,
     Tenant,
     drop_postgres_database,
     errors_by_reason,
@@ -164,10 +165,9 @@ def publish_stream(broker: tuple[str, int], topics_and_payloads: list[tuple[str,
 
 @pytest.mark.slow
 @pytest.mark.mosquitto
-def test_two_ingest_processes_share_the_load_and_store_every_point_exactly_once(
-        backend: str, tmp_path: Path) -> None:
+def test_two_ingest_processes_share_the_load_and_store_every_point_exactly_once(tmp_path: Path) -> None:
     with ingest_mosquitto(tmp_path) as broker:
-        _two_processes(backend, broker, tmp_path)
+        _two_processes(SCALED_OUT_BACKEND, broker, tmp_path)
 
 
 def _two_processes(backend: str, mosquitto: tuple[str, int], tmp_path: Path) -> None:
