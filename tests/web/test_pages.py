@@ -399,6 +399,46 @@ def test_create_then_deactivate_user_is_audited_and_ends_their_login(web: TestCl
     assert other.post("/login", data={"email": email, "password": "long-enough-1"}).status_code == 401
 
 
+def test_admin_edits_a_user_s_roles_and_name(web: TestClient, demo: DemoWorld) -> None:
+    sign_in(web, demo, SME_ADMIN)
+    operator = demo.user(SME_OPERATOR)
+    page = web.get(f"/users/{operator.id}")
+    assert page.status_code == 200 and SME_OPERATOR in page.text
+    assert re.search(r'name="roles" value="operator" checked', page.text)
+    response = web.post(f"/users/{operator.id}", data={"full_name": "Zhou Qiang (shift lead)",
+                                                       "roles": ["operator", "safety_officer"], "locale": "zh-CN"})
+    assert response.status_code == 303 and response.headers["location"] == f"/users/{operator.id}?done=saved"
+    updated = demo.user(SME_OPERATOR)
+    assert sorted(updated.roles) == ["operator", "safety_officer"]
+    assert (updated.full_name, updated.locale) == ("Zhou Qiang (shift lead)", "zh_CN")
+    assert "Saved." in web.get(f"/users/{operator.id}?done=saved").text
+    with demo.session() as s:
+        event = s.scalars(select(AuditEvent).where(AuditEvent.entity_type == "user",
+                                                   AuditEvent.entity_id == str(operator.id),
+                                                   AuditEvent.action == "update")).one()
+    assert event.before["roles"] == ["operator"] and sorted(event.after["roles"]) == ["operator", "safety_officer"]
+
+
+def test_user_edit_without_roles_shows_the_error_and_changes_nothing(web: TestClient, demo: DemoWorld) -> None:
+    sign_in(web, demo, SME_ADMIN)
+    operator = demo.user(SME_OPERATOR)
+    response = web.post(f"/users/{operator.id}", data={"full_name": "Nobody"})
+    assert response.status_code == 422
+    assert re.search(r'id="e-roles"[^>]*>Choose at least one role', response.text)
+    assert 'value="Nobody"' in response.text
+    assert demo.user(SME_OPERATOR).full_name == "Zhou Qiang"
+
+
+def test_other_enterprise_user_page_answers_404_and_operator_gets_403(web: TestClient, demo: DemoWorld) -> None:
+    sign_in(web, demo, SME_ADMIN)
+    other = demo.user(LARGE_ADMIN)
+    assert web.get(f"/users/{other.id}").status_code == 404
+    assert web.post(f"/users/{other.id}", data={"roles": "operator"}).status_code == 404
+    assert web.get("/users/99999999999").status_code == 404
+    sign_in(web, demo, OPERATOR)
+    assert web.get(f"/users/{demo.user(OPERATOR).id}").status_code == 403
+
+
 def test_deactivating_another_enterprise_user_answers_404(web: TestClient, demo: DemoWorld) -> None:
     sign_in(web, demo, SME_ADMIN)
     victim = demo.user(LARGE_ADMIN)

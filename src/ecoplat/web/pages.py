@@ -481,6 +481,63 @@ async def users_create(request: Request, db: DbSession, principal: PagePrincipal
     return RedirectResponse("/users?done=created", status_code=303)
 
 
+def _user_edit_page(request: Request, db: Session, principal: Principal, user: Any, *,
+                    values: dict[str, Any] | None = None, errors: dict[str, str] | None = None,
+                    status_code: int = 200, notice: str | None = None) -> Response:
+    ent = db.get(Enterprise, user.enterprise_id)
+    grantable = _grantable_roles(principal)
+    return render(request, "user_edit.html", {
+        "user": user,
+        "values": values or {"full_name": user.full_name, "roles": list(user.roles), "locale": user.locale},
+        "errors": errors or {},
+        "notice": notice,
+        "role_options": [(r, translate(request, ROLE_LABELS[r])) for r in grantable],
+        # Roles the editor may not grant stay as they are; they are shown, not offered.
+        "kept_roles": [translate(request, ROLE_LABELS.get(r, r)) for r in user.roles if r not in grantable],
+        "can_write": principal.can("users:write") and set(user.roles) <= set(grantable),
+        "timezone": ent.timezone if ent else "UTC",
+        "nav_active": "/users",
+    }, status_code=status_code)
+
+
+@router.get("/users/{user_id}", response_class=HTMLResponse)
+def user_page(request: Request, db: DbSession, principal: PagePrincipal, user_id: int,
+              done: str | None = None) -> Response:
+    if not 1 <= user_id <= 2_147_483_647:
+        raise NotFound("user", user_id)
+    user = tenancy.get_user(db, actor=principal, user_id=user_id)
+    notice = translate(request, "Saved.") if done == "saved" else None
+    return _user_edit_page(request, db, principal, user, notice=notice)
+
+
+@router.post("/users/{user_id}", response_class=HTMLResponse)
+async def user_update(request: Request, db: DbSession, principal: PagePrincipal, user_id: int) -> Response:
+    if not 1 <= user_id <= 2_147_483_647:
+        raise NotFound("user", user_id)
+    user = tenancy.get_user(db, actor=principal, user_id=user_id)
+    principal.require("users:write")
+    form = await request.form()
+    values: dict[str, Any] = {
+        "full_name": str(form.get("full_name", "")).strip(),
+        "roles": [str(r) for r in form.getlist("roles")],
+        "locale": LOCALES.get(normalize_locale(str(form.get("locale", "en"))) or "en", "en"),
+    }
+    grantable = set(_grantable_roles(principal))
+    # Roles the editor cannot grant are not on the form; keep them rather than silently drop them.
+    roles = values["roles"] + [r for r in user.roles if r not in grantable]
+    try:
+        data = UserUpdate.model_validate({**values, "roles": roles})
+    except ValidationError as e:
+        return _user_edit_page(request, db, principal, user, values=values, errors=_field_errors(request, e),
+                               status_code=422)
+    try:
+        tenancy.update_user(db, actor=principal, user_id=user_id, data=data, ip=_ip(request))
+    except Forbidden as e:
+        return _user_edit_page(request, db, principal, user, values=values, status_code=403,
+                               errors={"roles": e.detail})
+    return RedirectResponse(f"/users/{user_id}?done=saved", status_code=303)
+
+
 def _set_active(request: Request, db: Session, principal: Principal, user_id: int, active: bool) -> Response:
     if not 1 <= user_id <= 2_147_483_647:
         raise NotFound("user", user_id)
