@@ -85,6 +85,8 @@ class Device(Base):
         Index("ix_devices_enterprise_id_equipment_id_id", "enterprise_id", "equipment_id", "id"),
         Index("ix_devices_gateway_id_name", "gateway_id", "name"),
         Index("ix_devices_provisioned_by_id", "provisioned_by_enterprise_id", "id"),
+        # Ids key telemetry and alarms: a deleted device's id is never reused (SQLite would).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -69,7 +69,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_devices')),
     sa.UniqueConstraint('claim_code_hash', name=op.f('uq_devices_claim_code_hash')),
     sa.UniqueConstraint('enterprise_id', 'name', name=op.f('uq_devices_enterprise_id_name')),
-    sa.UniqueConstraint('token_hash', name=op.f('uq_devices_token_hash'))
+    sa.UniqueConstraint('token_hash', name=op.f('uq_devices_token_hash')),
+    # Device ids key telemetry and alarms: never hand a deleted device's id to a new device.
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('devices', schema=None) as batch_op:
         batch_op.create_index('ix_devices_enterprise_id_equipment_id_id', ['enterprise_id', 'equipment_id', 'id'], unique=False)
