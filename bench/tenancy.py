@@ -98,6 +98,7 @@ class Recorder:
     max_depth_rows: int = 0
     rows_returned: dict[str, int] = field(default_factory=dict)
     answered_total: int = 0  # warm-up included: what the server's CPU time is divided by
+    warmup_failures: int = 0  # failed or timed-out requests sent during the warm-up
     # (seconds into the measurement, endpoint, latency): when the slowest requests were sent,
     # to tell a one-off stall (GC, autovacuum, a busy machine) from a slow endpoint.
     slowest: list[tuple[float, str, float]] = field(default_factory=list)
@@ -115,8 +116,10 @@ class Recorder:
         if len(self.error_samples) < 10:
             self.error_samples.append(f"{endpoint}: {what}")
 
-    def summary(self, duration_s: float) -> dict[str, Any]:
-        names = sorted(set(self.latencies) | set(self.errors))
+    def summary(self, duration_s: float, endpoints: list[str] | None = None) -> dict[str, Any]:
+        # Every endpoint asked for is listed, even with no answer at all in the window (a
+        # stalled server must show as count 0, not vanish from the result).
+        names = sorted(set(self.latencies) | set(self.errors) | set(endpoints or []))
         out: dict[str, Any] = {}
         for name in names:
             s = latency_summary(self.latencies.get(name, []), duration_s=duration_s)
@@ -125,6 +128,7 @@ class Recorder:
             out[name] = s
         return {"endpoints": out, "error_samples": self.error_samples,
                 "list_max_depth_rows": self.max_depth_rows, "answered_total": self.answered_total,
+                "warmup_failures": self.warmup_failures,
                 "slowest": sorted(self.slowest, key=lambda x: -x[2])[:8]}
 
 
@@ -202,6 +206,8 @@ async def _http_load(spec: dict[str, Any]) -> dict[str, Any]:
             except (aiohttp.ClientError, TimeoutError) as e:
                 if measured:
                     rec.fail(ep, f"{type(e).__name__}: {e}")
+                else:
+                    rec.warmup_failures += 1
                 if walk is not None:
                     walks.append(walk)
                 return
@@ -209,6 +215,8 @@ async def _http_load(spec: dict[str, Any]) -> dict[str, Any]:
             if status != 200:
                 if measured:
                     rec.fail(ep, f"HTTP {status} {path} {params}: {body[:200]!r}")
+                else:
+                    rec.warmup_failures += 1
                 if walk is not None:
                     walk.restart()
                     walks.append(walk)
@@ -260,7 +268,7 @@ async def _http_load(spec: dict[str, Any]) -> dict[str, Any]:
             await open_loop()
         else:
             await asyncio.gather(*(closed_loop_client(k) for k in range(concurrency)))
-    return rec.summary(float(spec["duration_s"]))
+    return rec.summary(float(spec["duration_s"]), spec["endpoints"])
 
 
 def _db_worker(spec: dict[str, Any], idx: int, seed: float) -> dict[str, Any]:
@@ -352,7 +360,7 @@ def _db_load(spec: dict[str, Any]) -> dict[str, Any]:
             rec.rows_returned[ep] = rec.rows_returned.get(ep, 0) + n
         rec.error_samples.extend(part["error_samples"][: 10 - len(rec.error_samples)])
         rec.max_depth_rows = max(rec.max_depth_rows, part["max_depth_rows"])
-    return rec.summary(float(spec["duration_s"]))
+    return rec.summary(float(spec["duration_s"]), spec["endpoints"])
 
 
 def loadgen_main(spec_path: str) -> None:
@@ -567,6 +575,11 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict
                                "duration_s": args.duration, "warmup_s": args.warmup}, workdir)
             # CPU per request hardly depends on how busy the machine is, unlike latency.
             api["server_cpu_ms_per_request"] = cpu_ms_per_request(server.pid, cpu_before, api["answered_total"])
+            if api.get("warmup_failures") or any(not v.get("count") or v.get("errors")
+                                                 for v in api["endpoints"].values()):
+                # The temporary directory goes away: keep what the server said about it.
+                log_text = (data_dir / "server.log").read_text(errors="replace")
+                api["server_log_tail"] = log_text[-2000:]
         console.print("baseline: the same queries straight on the database …")
         db = run_loadgen({**common, "mode": "db", "db_url": db_url, "endpoints": list(ENDPOINTS),
                           "starts": starts, "duration_s": args.baseline_duration,
@@ -602,7 +615,7 @@ def summarize(backend: str, seeded: Any, api: dict[str, Any], db: dict[str, Any]
         b = db["endpoints"].get(ep, {}).get("p95_ms")
         ratios[ep] = round(a / (b + floor_p95), 2) if a is not None and b is not None and (b + floor_p95) > 0 else None
     p95s = [api["endpoints"].get(ep, {}).get("p95_ms") for ep in ENDPOINTS]
-    errors = sum(api["endpoints"].get(ep, {}).get("errors", 0) for ep in ENDPOINTS)
+    errors = sum(api["endpoints"].get(ep, {}).get("errors", 0) for ep in ENDPOINTS) + api.get("warmup_failures", 0)
     meets = all(p is not None and p < TARGET_P95_MS for p in p95s) and errors == 0
     return {
         "seed": {"enterprises": seeded.enterprises, "users": seeded.users, "seconds": seeded.seconds,
@@ -614,6 +627,8 @@ def summarize(backend: str, seeded: Any, api: dict[str, Any], db: dict[str, Any]
         "list_max_depth_rows": api["list_max_depth_rows"],
         "slowest_requests": [{"at_s": a, "endpoint": e, "ms": m} for a, e, m in api["slowest"]],
         "error_samples": api["error_samples"],
+        "warmup_failures": api.get("warmup_failures", 0),
+        "server_log_tail": api.get("server_log_tail"),
         "baseline": {"db": {ep: db["endpoints"].get(ep, {}) for ep in ENDPOINTS},
                      "db_error_samples": db["error_samples"],
                      "http_floor": floor_ep},
@@ -647,6 +662,10 @@ def print_table(backend: str, result: dict[str, Any]) -> None:
         console.print(f"[dim]plan {name}: {plan}[/dim]")
     if result["error_samples"]:
         console.print(f"[red]errors:[/red] {result['error_samples']}")
+    stalled = [ep for ep in ENDPOINTS if not result["endpoints"][ep].get("count")]
+    if stalled:
+        console.print(f"[red]no answer at all in the measured window for {', '.join(stalled)}[/red] "
+                      "(a stalled server: see its log)")
 
 
 # ============================================================================ command line
