@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from ecoplat.connect.gateways.base import ConnectorStatus, connector_type
@@ -158,31 +158,40 @@ def delete_connector(db: Session, *, actor: Principal, connector_id: int, ip: st
 def claim_connectors(db: Session, *, owner: str, lease_s: float, now: datetime | None = None) -> list[ConnectorSpec]:
     """Every enabled connector this process runs or may take over (no owner, its own, or an
     owner whose lease ran out), leased to `owner`; frees the leases of its disabled ones.
-    The conditional UPDATE makes two processes racing for one connector end with one owner."""
+
+    Reads first and writes only what must change (a new claim, a lease past half its time, a
+    release), so an idle round costs one SELECT: on SQLite every write takes the database lock
+    the ingest writer needs. The conditional UPDATE makes two processes racing for one
+    connector end with one owner."""
     now = now or utcnow()
     until = now + timedelta(seconds=lease_s)
-    db.execute(update(ConnectorConfig)
-               .where(ConnectorConfig.owner == owner, ConnectorConfig.enabled.is_(False))
-               .values(owner=None, lease_until=None, status="stopped").execution_options(synchronize_session=False))
-    candidates = db.execute(select(ConnectorConfig.id).where(
-        ConnectorConfig.enabled.is_(True),
-        or_(ConnectorConfig.owner.is_(None), ConnectorConfig.owner == owner,
-            ConnectorConfig.lease_until.is_(None), ConnectorConfig.lease_until < now),
-    ).order_by(ConnectorConfig.id)).scalars().all()
+    renew_before = now + timedelta(seconds=lease_s / 2)
+    claimable = or_(ConnectorConfig.owner.is_(None), ConnectorConfig.owner == owner,
+                    ConnectorConfig.lease_until.is_(None), ConnectorConfig.lease_until < now)
+    rows = db.execute(select(ConnectorConfig.id, ConnectorConfig.enabled, ConnectorConfig.owner,
+                             ConnectorConfig.lease_until)
+                      .where(or_(ConnectorConfig.owner == owner, and_(ConnectorConfig.enabled.is_(True), claimable)))
+                      .order_by(ConnectorConfig.id)).all()
     mine: list[int] = []
-    for cid in candidates:
-        result = db.execute(update(ConnectorConfig).where(
-            ConnectorConfig.id == cid, ConnectorConfig.enabled.is_(True),
-            or_(ConnectorConfig.owner.is_(None), ConnectorConfig.owner == owner,
-                ConnectorConfig.lease_until.is_(None), ConnectorConfig.lease_until < now),
-        ).values(owner=owner, lease_until=until).execution_options(synchronize_session=False))
+    for cid, enabled, row_owner, lease_until in rows:
+        if not enabled:  # disabled while this process held it
+            db.execute(update(ConnectorConfig).where(ConnectorConfig.id == cid, ConnectorConfig.owner == owner)
+                       .values(owner=None, lease_until=None, status="stopped")
+                       .execution_options(synchronize_session=False))
+            continue
+        if row_owner == owner and lease_until is not None and lease_until > renew_before:
+            mine.append(cid)  # held, and the lease has time left
+            continue
+        result = db.execute(update(ConnectorConfig).where(ConnectorConfig.id == cid,
+                                                          ConnectorConfig.enabled.is_(True), claimable)
+                            .values(owner=owner, lease_until=until).execution_options(synchronize_session=False))
         if result.rowcount == 1:  # type: ignore[attr-defined]
             mine.append(cid)
     if not mine:
         return []
-    rows = db.scalars(select(ConnectorConfig).where(ConnectorConfig.id.in_(mine)).order_by(ConnectorConfig.id)
-                      .execution_options(populate_existing=True)).all()
-    return [spec_of(r) for r in rows]
+    specs = db.scalars(select(ConnectorConfig).where(ConnectorConfig.id.in_(mine)).order_by(ConnectorConfig.id)
+                       .execution_options(populate_existing=True)).all()
+    return [spec_of(r) for r in specs]
 
 
 def release_connectors(db: Session, *, owner: str, status: str = "stopped") -> None:
