@@ -88,3 +88,12 @@ def test_device_page_links_to_its_connectors(client: TestClient, db: Session) ->
     r = client.get(f"/devices/{device.id}")
     assert r.status_code == 200, r.text
     assert f'href="/connectors?device_id={device.id}"' in r.text
+
+
+def test_page_renders_in_chinese(client: TestClient, db: Session) -> None:
+    admin = make_actor(db)
+    make_connector(db, admin.enterprise_id, name="液氯罐区 PLC")
+    _sign_in(client, admin)
+    client.cookies.set("ecoplat_locale", "zh-CN")
+    r = client.get("/connectors", headers={"accept-language": "zh-CN"})
+    assert r.status_code == 200 and 'lang="zh-CN"' in r.text and "液氯罐区 PLC" in r.text
