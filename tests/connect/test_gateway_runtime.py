@@ -55,6 +55,8 @@ def test_modbus_connector_feeds_the_store_survives_server_loss_and_follows_chang
     settings = platform_settings(fresh_database_url, tmp_path / "var", mqtt_enabled=False)
     try:
         with running_platform(settings) as client:
+            events: list[tuple[str, str]] = []
+            client.app.state.events.add_listener("connector.", lambda e: events.append((e.topic, e.data["state"])))
             h = tenant.headers
             config = {"host": "127.0.0.1", "port": server.port, "poll_interval_ms": 100, "timeout_s": 0.5,
                       "retry_min_s": 0.1, "retry_max_s": 0.3, "registers": modbus_register_config()}
@@ -82,6 +84,10 @@ def test_modbus_connector_feeds_the_store_survives_server_loss_and_follows_chang
             server.start()
             wait_for(lambda: _latest(client, h, device_id)["current_ka"]["ts"] > before, what="recovery")
             assert _status(client, h, cid)["state"] == "online"
+            # Each state change went out on the event bus under the tenant's topic.
+            topic = f"connector.{tenant.enterprise_id}.{cid}"
+            states = [state for t, state in events if t == topic]
+            assert states[:2] == ["starting", "online"] and "unavailable" in states and states[-1] == "online"
 
             # A configuration change restarts the connector with the new register map.
             config["registers"] = [{"key": "dp_kpa", "address": 8, "data_type": "int16", "scale": 0.5}]

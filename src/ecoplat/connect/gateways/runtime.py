@@ -45,9 +45,11 @@ class ConnectorManager:
     process reaches the process that runs the connector, and each connector runs once."""
 
     def __init__(self, *, database: Database, ingest: Any, reconcile_s: float = 2.0, lease_s: float = 15.0,
-                 status_flush_s: float = 1.0, success_flush_s: float = 10.0, owner: str | None = None) -> None:
+                 status_flush_s: float = 1.0, success_flush_s: float = 10.0, owner: str | None = None,
+                 events: Any = None) -> None:
         self.database = database
         self.ingest = ingest
+        self.events = events
         self.reconcile_s = reconcile_s
         self.lease_s = max(lease_s, reconcile_s * 3)
         self.status_flush_s = status_flush_s
@@ -147,7 +149,7 @@ class ConnectorManager:
                                                    last_error_at=datetime.now(UTC))
             return
         coordinator = Coordinator(connector, sink=self._sink_for(spec), reject=self._reject_for(spec),
-                                  on_status=lambda s, cid=spec.id: self._status_changed(cid, s))
+                                  on_status=lambda s, sp=spec: self._status_changed(sp, s))
         self._coordinators[spec.id] = coordinator
         self._specs[spec.id] = spec
         coordinator.start()
@@ -183,8 +185,13 @@ class ConnectorManager:
 
         return reject
 
-    def _status_changed(self, connector_id: int, status: ConnectorStatus) -> None:
-        self._dirty[connector_id] = status
+    def _status_changed(self, spec: ConnectorSpec, status: ConnectorStatus) -> None:
+        self._dirty[spec.id] = status
+        if self.events is not None:
+            # Topic connector.<enterprise>.<connector>: pages and notifications can follow a
+            # connector going unavailable without polling.
+            self.events.publish(f"connector.{spec.enterprise_id}.{spec.id}",
+                                {"connector_id": spec.id, "device_id": spec.device_id, **status.as_dict()})
 
     async def _write_statuses(self) -> None:
         since_success = 0.0
@@ -213,7 +220,7 @@ class ConnectorManager:
 
 async def start_connectors(app: FastAPI) -> ConnectorManager:
     """Called from connect's runtime after the ingest pipeline exists."""
-    manager = ConnectorManager(database=app.state.db, ingest=app.state.ingest)
+    manager = ConnectorManager(database=app.state.db, ingest=app.state.ingest, events=app.state.events)
     app.state.connectors = manager
     await manager.start()
     return manager
