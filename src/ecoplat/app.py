@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from ecoplat.config import Settings
 from ecoplat.db import Database
-from ecoplat.errors import BodySizeLimit, install_error_handlers
+from ecoplat.errors import BodySizeLimit, RejectNulText, install_error_handlers
 from ecoplat.events import EventBus, make_event_bus
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.events = events
 
     install_error_handlers(app)
+    app.add_middleware(RejectNulText)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     @app.middleware("http")

@@ -176,3 +176,58 @@ class BodySizeLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class RejectNulText:
+    """Answers 422 for NUL characters in a JSON body or the query string of the REST API.
+
+    PostgreSQL text cannot hold NUL, so such input would otherwise fail deep in the database.
+    The device API (/api/v1/…) is left to the payload parser, which counts the reject per device."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/api/") or path.startswith("/api/v1/"):
+            await self.app(scope, receive, send)
+            return
+        raw_path: bytes = scope.get("raw_path") or b""
+        if b"%00" in scope.get("query_string", b"") or b"%00" in raw_path or "\x00" in path:
+            await self._reject(scope, receive, send, "the query string or path")
+            return
+        headers = dict(scope.get("headers") or [])
+        if b"json" not in headers.get(b"content-type", b""):
+            await self.app(scope, receive, send)
+            return
+
+        # Read the whole body first (BodySizeLimit, outside, bounds it), then replay it.
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if b"\\u0000" in body:
+            await self._reject(scope, receive, send, "the JSON body")
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _reject(scope: Scope, receive: Receive, send: Send, where: str) -> None:
+        response = problem(422, f"Text in {where} must not contain NUL (\\u0000) characters.",
+                           type_slug="validation-failed", instance=scope.get("path"))
+        await response(scope, receive, send)

@@ -18,3 +18,12 @@ def test_unknown_route_answers_404_problem_naming_the_route(client: TestClient) 
     assert r.status_code == 404
     assert r.headers["content-type"].startswith("application/problem+json")
     assert "/api/no-such-thing" in r.json()["detail"]
+
+
+def test_nul_characters_in_json_text_answer_422_not_a_database_error(client: TestClient) -> None:
+    r = client.post("/api/auth/refresh", content=b'{"refresh_token": "a\\u0000b"}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert "NUL" in r.json()["detail"]
+    r = client.get("/api/enterprises?q=a%00b")
+    assert r.status_code == 422 and "NUL" in r.json()["detail"]

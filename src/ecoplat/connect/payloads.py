@@ -84,6 +84,10 @@ def decode(raw: bytes | str, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> A
                            f"{size} bytes is over the limit of {max_bytes} bytes")
     if size == 0 or (isinstance(raw, bytes | str) and not raw.strip()):
         raise PayloadError(RejectReason.empty, "the payload is empty")
+    # One search per message: text with NUL cannot be stored (PostgreSQL refuses it), and letting it
+    # through would fail the whole batch it lands in, other devices' points included.
+    if (b"\\u0000" if isinstance(raw, bytes) else "\\u0000") in raw:
+        raise PayloadError(RejectReason.wrong_type, "text must not contain NUL (\\u0000) characters")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as first_error:
