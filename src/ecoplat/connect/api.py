@@ -176,7 +176,11 @@ def get_device(db: DbSession, actor: CanRead, device_id: ObjectId) -> DeviceOut:
 @devices.patch("/{device_id}", response_model=DeviceOut)
 def update_device(db: DbSession, actor: CanWrite, device_id: ObjectId, data: DeviceUpdate,
                   request: Request) -> DeviceOut:
-    return _one(db, service.update_device(db, actor=actor, device_id=device_id, data=data, ip=client_ip(request)))
+    device = service.update_device(db, actor=actor, device_id=device_id, data=data, ip=client_ip(request))
+    if data.model_fields_set & {"profile_id", "name", "equipment_id"}:
+        # Rules attach by profile and alarms name the device: let the rule engine look it up again.
+        _credentials_changed(request, device_id, device.enterprise_id)
+    return _one(db, device)
 
 
 @devices.delete("/{device_id}", status_code=204)
