@@ -49,7 +49,10 @@ class Settings(BaseSettings):
                                "v1/devices/+/rpc/request/+,v1/gateway/+/telemetry,v1/gateway/+/attributes,"
                                "v1/gateway/+/connect,v1/gateway/+/disconnect")
     mqtt_bridge_share_group: str = "ecoplat"
-    ingest_batch_max_points: int = 5000
+    # A store batch costs a fixed part per touched series (B-tree pages, rollup rows) and per
+    # commit: 20,000 points write ~40 % cheaper per point than 5,000 (bench/telemetry_store.py).
+    # Under light load the 50 ms bound cuts batches long before this.
+    ingest_batch_max_points: int = 20_000
     ingest_batch_max_ms: int = 50
     ingest_queue_max_points: int = 200_000
     max_payload_bytes: int = 65_536
