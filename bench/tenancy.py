@@ -527,8 +527,40 @@ def explain(db_url: str, terms: list[str], starts: list[dict[str, Any]]) -> dict
             except Exception as e:  # noqa: BLE001 - a plan that cannot be made is reported, not fatal
                 conn.rollback()
                 plans[name] = f"error: {type(e).__name__}: {e}"
+        if dialect == "postgresql":
+            plans["search_all_terms"] = _search_plans_by_term(conn, terms)
     engine.dispose()
     return plans
+
+
+def _search_plans_by_term(conn: Any, terms: list[str]) -> str:
+    """The planner's choice differs by term: with ORDER BY id LIMIT n it may walk the primary key
+    and filter every row instead of using the trigram index. Count both over all search terms."""
+    import re
+
+    from sqlalchemy import text
+
+    sql = text("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) " + baseline_sql("postgresql")["search"])
+    by_kind: dict[str, list[tuple[float, str]]] = {}
+    for term in terms:
+        rows = conn.execute(sql, {"q": search_param("postgresql", term), "limit": PAGE_SIZE + 1}).all()
+        plan = " | ".join(str(r[0]) for r in rows)
+        found = re.search(r"Execution Time: ([0-9.]+)", plan)
+        ms = float(found.group(1)) if found else -1.0
+        if "trgm" in plan or "Bitmap Index Scan" in plan:
+            kind = "trigram index"
+        elif "pk_enterprises" in plan:
+            kind = "primary key walk + filter"
+        elif "Seq Scan" in plan:
+            kind = "sequential scan"
+        else:
+            kind = "other"
+        by_kind.setdefault(kind, []).append((ms, term))
+    parts = []
+    for kind, hits in sorted(by_kind.items()):
+        worst = max(hits)
+        parts.append(f"{kind}: {len(hits)} of {len(terms)} terms, slowest {worst[0]:.1f} ms ('{worst[1]}')")
+    return "; ".join(parts)
 
 
 def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
