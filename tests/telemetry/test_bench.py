@@ -29,3 +29,8 @@ def test_store_bench_prints_rates_and_baselines(tmp_path: Path) -> None:
         assert figures["store_points_s"] > 0 and figures["baseline_executemany_points_s"] > 0
         expected = figures["store_points_s"] / figures["baseline_executemany_points_s"]
         assert abs(figures["ratio"] - expected) < 0.002
+        # CPU-time rates beside the wall rates: a process cannot do more CPU work than wall time
+        # on one thread, so its points per CPU second are at least its points per wall second.
+        assert figures["store_points_cpu_s"] >= figures["store_points_s"] * 0.9
+        cpu_expected = figures["store_points_cpu_s"] / figures["baseline_executemany_points_cpu_s"]
+        assert abs(figures["ratio_cpu"] - cpu_expected) < 0.002
