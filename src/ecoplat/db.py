@@ -77,11 +77,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         connect_args = {"check_same_thread": False, "timeout": 30}
         if path in ("", ":memory:"):
             kwargs.setdefault("poolclass", StaticPool)
+        else:
+            kwargs.setdefault("pool_size", 20)
+            kwargs.setdefault("max_overflow", 40)
         engine = create_engine(url, connect_args=connect_args, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    # More connections than the 40 worker threads that run sync routes and dependencies: a request
+    # holding a connection must always find a thread to finish on, or the pool deadlocks under load.
     kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 20)
+    kwargs.setdefault("max_overflow", 50)
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
 
