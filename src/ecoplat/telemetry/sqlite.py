@@ -65,6 +65,19 @@ def _fold_sql(table: str) -> str:
 
 _FOLD_1M = _fold_sql("telemetry_agg_1m")
 _FOLD_1H = _fold_sql("telemetry_agg_1h")
+_FOLD_ROW = {t: _fold_sql(t).replace("SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 "
+                                     "FROM json_each(?) WHERE true", "VALUES (?, ?, ?, ?, ?, ?)")
+             for t in ("telemetry_agg_1m", "telemetry_agg_1h")}
+
+
+def _fold(conn: sqlite3.Connection, sql: str, table: str, acc: dict[tuple[int, int], list[Any]]) -> None:
+    rows = [(sid, b, *a) for (sid, b), a in acc.items()]
+    # JSON has no infinity: a bucket whose sum of huge values overflowed goes in as bound values.
+    if all(r[3] - r[3] == 0 for r in rows):
+        conn.execute(sql, (orjson.dumps(rows),))
+        return
+    conn.execute(sql, (orjson.dumps([r for r in rows if r[3] - r[3] == 0]),))
+    conn.executemany(_FOLD_ROW[table], [r for r in rows if r[3] - r[3] != 0])
 _RECOMPUTE_1M = ("INSERT INTO telemetry_agg_1m (series_id, bucket_ts, count, sum, min, max) "
                  "SELECT series_id, ?, count(v_num), sum(v_num), min(v_num), max(v_num) FROM telemetry_raw "
                  "WHERE series_id = ? AND ts >= ? AND ts < ? AND v_num IS NOT NULL GROUP BY series_id")
@@ -208,8 +221,8 @@ class SqliteTelemetryStore(SqlTelemetryStore):
                     h[1] += a[1]
                     h[2] = min(h[2], a[2])
                     h[3] = max(h[3], a[3])
-            conn.execute(_FOLD_1M, (orjson.dumps([(sid, b, *a) for (sid, b), a in minute.items()]),))
-            conn.execute(_FOLD_1H, (orjson.dumps([(sid, b, *a) for (sid, b), a in hour.items()]),))
+            _fold(conn, _FOLD_1M, "telemetry_agg_1m", minute)
+            _fold(conn, _FOLD_1H, "telemetry_agg_1h", hour)
         else:
             self._replay(conn, self._ordered_rows(points))
         conn.execute(_UPSERT_LATEST_NUM_JSON,
