@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
-
 from tests.connect.builders import make_actor
 
 
