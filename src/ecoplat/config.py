@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     # commit: 20,000 points write ~40 % cheaper per point than 5,000 (bench/telemetry_store.py).
     # Under light load the 50 ms bound cuts batches long before this.
     ingest_batch_max_points: int = 20_000
-    ingest_batch_max_ms: int = 50
+    # Measured (bench ingest, SQLite): 10 ms cuts p99 publish→stored from 144 to 48 ms at half peak
+    # with the same peak throughput; at peak the writer is busy anyway and batches fill by size.
+    ingest_batch_max_ms: int = 10
     ingest_queue_max_points: int = 200_000
     max_payload_bytes: int = 65_536
 

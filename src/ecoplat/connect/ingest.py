@@ -112,7 +112,7 @@ class IngestStats:
 
 class IngestPipeline:
     def __init__(self, *, database: Database, store: TelemetryStore, events: EventBus,
-                 batch_max_points: int = 20_000, batch_max_ms: int = 50,
+                 batch_max_points: int = 20_000, batch_max_ms: int = 10,
                  queue_max_points: int = 200_000) -> None:
         self.database = database
         self.store = store
