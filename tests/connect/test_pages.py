@@ -60,6 +60,9 @@ def test_steward_provisions_and_the_sme_claims_from_the_pages(client, db: Sessio
     code = re.search(r'data-testid="claim-code">([^<]+)<', r.text).group(1)
     listing = client.get("/devices").text
     assert "Cl2 detector SN-9" in listing and code not in listing and "waiting to be claimed" in listing
+    # the section appears once, in the page body, and the browser tab title stays plain text
+    assert listing.count('id="provisioning"') == 1
+    assert "<section" not in re.search(r"<title>(.*?)</title>", listing, re.S).group(1)
     assert client.post("/devices/provision", data={"name": ""}).status_code == 422
     _signed_in(client, sme)
     assert "Pre-provisioned devices" not in client.get("/devices").text
