@@ -129,9 +129,8 @@ def paginate(db: Session, stmt: Select[Any], page: PageParams, *, key: Sequence[
     entity's own (e.g. a joined search index's rowid that equals the entity's id).
     Returns the rows and the cursor of the next page (None when this is the last one)."""
     cols = list(key)
-    if page.cursor:
-        values = decode_cursor(page.cursor, arity=len(cols))
-        _check_types(cols, values)
+    values = cursor_values(page, cols)
+    if values is not None:
         if len(cols) == 1:
             stmt = stmt.where(cols[0] < values[0] if descending else cols[0] > values[0])
         else:
@@ -139,10 +138,21 @@ def paginate(db: Session, stmt: Select[Any], page: PageParams, *, key: Sequence[
             stmt = stmt.where(row < after if descending else row > after)
     order = [c.desc() for c in cols] if descending else list(cols)
     rows = list(db.scalars(stmt.order_by(*order).limit(page.limit + 1)).all())
-    next_cursor = None
-    if len(rows) > page.limit:
-        rows = rows[: page.limit]
-        last = rows[-1]
-        attrs = list(key_attrs) if key_attrs is not None else [c.key for c in cols]
-        next_cursor = encode_cursor([getattr(last, a) for a in attrs])
-    return rows, next_cursor
+    return finish_page(rows, page, list(key_attrs) if key_attrs is not None else [c.key for c in cols])
+
+
+def cursor_values(page: PageParams, key: Sequence[Any]) -> list[Any] | None:
+    """The sort key a page starts after (checked against the key columns), or None on the first page."""
+    if not page.cursor:
+        return None
+    values = decode_cursor(page.cursor, arity=len(key))
+    _check_types(key, values)
+    return values
+
+
+def finish_page(rows: list[Any], page: PageParams, key_attrs: Sequence[str]) -> tuple[list[Any], str | None]:
+    """Given up to `page.limit + 1` rows in key order: the page and the cursor of the next one."""
+    if len(rows) <= page.limit:
+        return rows, None
+    rows = rows[: page.limit]
+    return rows, encode_cursor([getattr(rows[-1], a) for a in key_attrs])

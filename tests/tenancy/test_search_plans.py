@@ -58,6 +58,11 @@ def many_enterprises(db: Session) -> Session:
              "timezone": "UTC", "limits": {}, "created_at": now, "updated_at": now} for i in range(N)]
     db.execute(insert(Enterprise), rows)
     dialect = db.get_bind().dialect.name
+    if dialect == "postgresql":
+        # Rows that earlier tests inserted and rolled back still fill the GIN index's pending
+        # list (no VACUUM runs between tests), which makes the trigram index look dearer than a
+        # sequential scan; in a live database autovacuum merges that list.
+        db.execute(text("SELECT gin_clean_pending_list('ix_enterprises_name_trgm')"))
     db.execute(text("ANALYZE enterprises" if dialect == "postgresql" else "ANALYZE"))
     return db
 
@@ -90,7 +95,8 @@ def test_enterprise_list_search_filter_and_detail_use_indexes(many_enterprises: 
     found = service.list_enterprises(db, actor=actor, page=page, q="works 1234")[0]
     assert {e.name for e in found} == {f"{WORDS[i % len(WORDS)]} Works {i:05d}" for i in range(12340, 12350)}
     for name, call in cases.items():
-        for p in _plans_of(db, call):
+        plans = _plans_of(db, call)
+        for p in plans:
             if sqlite:
                 # "SCAN enterprises" alone would read the whole table; a keyset page SEARCHes
                 # the primary key from the cursor, a filter SEARCHes its (column, id) index.
@@ -102,5 +108,14 @@ def test_enterprise_list_search_filter_and_detail_use_indexes(many_enterprises: 
                     assert "ix_enterprises_country_id" in p, p
             else:
                 assert "Seq Scan on enterprises" not in p, (name, p)
-                if name == "search":
-                    assert "ix_enterprises_name_trgm" in p, p
+                if "Subquery Scan on walked" in p:  # tenancy.search's bounded primary-key window
+                    assert "Index Scan using pk_enterprises" in p, p
+        if not sqlite and name == "search":
+            # A rare term: one bounded window of the primary key, then its few matches from the
+            # trigram index (not a walk of the whole primary key).
+            assert any("Subquery Scan on walked" in p for p in plans), plans
+            assert "ix_enterprises_name_trgm" in plans[-1] and "walked" not in plans[-1], plans
+        if not sqlite and name == "common":
+            # A word in every name fills its page in the first window: nothing collected or sorted.
+            assert len(plans) == 1 and "Subquery Scan on walked" in plans[0], plans
+            assert "Sort" not in plans[0] and "ix_enterprises_name_trgm" not in plans[0], plans

@@ -86,6 +86,7 @@ from ecoplat.tenancy.schemas import (
     WorkstationCreate,
     WorkstationUpdate,
 )
+from ecoplat.tenancy.search import enterprise_search_page
 
 # --- shared helpers ---------------------------------------------------------------------------
 
@@ -457,6 +458,12 @@ def _uses_fts(db: Session, q: str | None) -> bool:
     return bool(q) and len(q or "") >= 3 and db.get_bind().dialect.name == "sqlite"
 
 
+def _uses_search_windows(db: Session, q: str | None, actor: Principal) -> bool:
+    # An actor who sees one enterprise gets it by primary key; nothing to choose there.
+    return (bool(q) and len(q or "") >= 3 and db.get_bind().dialect.name == "postgresql"
+            and (actor.is_platform_admin or bool(actor.stewarded_ecosystem_ids and actor.can("ecosystem:members"))))
+
+
 def list_enterprises(db: Session, *, actor: Principal, page: PageParams, q: str | None = None,
                      country: str | None = None, size_class: str | None = None,
                      isic_class: str | None = None, ecosystem_id: int | None = None,
@@ -464,32 +471,41 @@ def list_enterprises(db: Session, *, actor: Principal, page: PageParams, q: str 
     """Name search goes through the database's own trigram index (migration 0001): SQLite FTS5
     with the trigram tokenizer, PostgreSQL pg_trgm GIN; both answer case-insensitive substring
     matches. On SQLite the page is read from the FTS index in rowid (= id) order and stops after
-    `limit` hits, instead of collecting every match first (a common word matches most names)."""
+    `limit` hits, instead of collecting every match first (a common word matches most names). On
+    PostgreSQL, tenancy.search chooses per query between walking the primary key and sorting the
+    trigram index's matches."""
     actor.require("enterprise:read")
-    stmt = select(Enterprise)
+    fts = bool(q) and _uses_fts(db, q)
+
+    def conditions(ent: Any) -> list[Any]:
+        where: list[Any] = []
+        if q and not fts:
+            where.append(ent.name.ilike(_like_pattern(q), escape="\\"))
+        if not actor.is_platform_admin:
+            if actor.stewarded_ecosystem_ids and actor.can("ecosystem:members"):
+                where.append(or_(ent.id == actor.enterprise_id, ent.id.in_(_stewarded_member_ids(actor))))
+            else:
+                where.append(ent.id == actor.enterprise_id)
+        if country:
+            where.append(ent.country == country.upper())
+        if size_class:
+            where.append(ent.size_class == size_class)
+        if isic_class:
+            where.append(ent.isic_class == isic_class)
+        if ecosystem_id is not None:
+            where.append(ent.id.in_(select(EcosystemMembership.enterprise_id)
+                                    .where(EcosystemMembership.ecosystem_id == ecosystem_id)))
+        return where
+
+    if _uses_search_windows(db, q, actor):
+        return enterprise_search_page(db, conditions=conditions, page=page)
+    stmt = select(Enterprise).where(*conditions(Enterprise))
     key: tuple[Any, ...] = (Enterprise.id,)
-    if q and _uses_fts(db, q):
+    if q and fts:
         phrase = '"' + q.replace('"', '""') + '"'
         stmt = stmt.join(_enterprises_fts, _enterprises_fts.c.rowid == Enterprise.id).where(
             text("enterprises_fts MATCH :enterprise_q").bindparams(enterprise_q=phrase))
         key = (_enterprises_fts.c.rowid,)
-    elif q:
-        stmt = stmt.where(Enterprise.name.ilike(_like_pattern(q), escape="\\"))
-    if not actor.is_platform_admin:
-        if actor.stewarded_ecosystem_ids and actor.can("ecosystem:members"):
-            stmt = stmt.where(or_(Enterprise.id == actor.enterprise_id,
-                                  Enterprise.id.in_(_stewarded_member_ids(actor))))
-        else:
-            stmt = stmt.where(Enterprise.id == actor.enterprise_id)
-    if country:
-        stmt = stmt.where(Enterprise.country == country.upper())
-    if size_class:
-        stmt = stmt.where(Enterprise.size_class == size_class)
-    if isic_class:
-        stmt = stmt.where(Enterprise.isic_class == isic_class)
-    if ecosystem_id is not None:
-        stmt = stmt.where(Enterprise.id.in_(select(EcosystemMembership.enterprise_id)
-                                            .where(EcosystemMembership.ecosystem_id == ecosystem_id)))
     return paginate(db, stmt, page, key=key, key_attrs=("id",))
 
 
