@@ -65,19 +65,54 @@ MEMBERSHIP_SQL = ("SELECT id, ecosystem_id, enterprise_id, role, created_at, upd
 
 
 def baseline_sql(dialect: str) -> dict[str, str]:
-    """name -> SQL with named parameters (:id, :q, :limit) for one dialect; the list is keyset
-    paginated on id (pagination.paginate with key=(Enterprise.id,))."""
+    """name -> SQL with named parameters (:id, :q, :limit, ...) for one dialect; the list is
+    keyset paginated on id (pagination.paginate with key=(Enterprise.id,)). The search runs as
+    search_rows() does."""
     first = f"SELECT {ENTERPRISE_COLUMNS} FROM enterprises ORDER BY id LIMIT :limit"
     after = f"SELECT {ENTERPRISE_COLUMNS} FROM enterprises WHERE id > :id ORDER BY id LIMIT :limit"
-    if dialect == "sqlite":
-        search = (f"SELECT {ENTERPRISE_COLUMNS} FROM enterprises WHERE id IN "
-                  f"(SELECT rowid FROM enterprises_fts WHERE enterprises_fts MATCH :q) "
-                  f"ORDER BY id LIMIT :limit")
-    else:
-        search = (f"SELECT {ENTERPRISE_COLUMNS} FROM enterprises WHERE name ILIKE :q ESCAPE '\\' "
-                  f"ORDER BY id LIMIT :limit")
     detail = f"SELECT {ENTERPRISE_COLUMNS} FROM enterprises WHERE id = :id"
-    return {"list_first": first, "list_after": after, "search": search, "detail": detail}
+    out = {"list_first": first, "list_after": after, "detail": detail}
+    if dialect == "sqlite":
+        # The FTS5 index read in rowid (= id) order, stopping after :limit hits.
+        columns = ", ".join(f"e.{c.strip()}" for c in ENTERPRISE_COLUMNS.split(","))
+        out["search"] = (f"SELECT {columns} FROM enterprises e JOIN enterprises_fts ON enterprises_fts.rowid = e.id "
+                         f"WHERE enterprises_fts MATCH :q ORDER BY enterprises_fts.rowid LIMIT :limit")
+    else:
+        # tenancy.search: primary-key windows first, the trigram index for terms rare past them.
+        out["search_window"] = (f"SELECT {ENTERPRISE_COLUMNS} FROM (SELECT * FROM enterprises WHERE id > :after "
+                                f"ORDER BY id LIMIT :window) walked WHERE name ILIKE :q ESCAPE '\\' "
+                                f"ORDER BY id LIMIT :limit")
+        out["search_window_end"] = ("SELECT (SELECT id FROM enterprises WHERE id > :after ORDER BY id "
+                                    "OFFSET :skip LIMIT 1), (SELECT max(id) FROM enterprises)")
+        out["search_index"] = (f"SELECT {ENTERPRISE_COLUMNS} FROM enterprises WHERE name ILIKE :q ESCAPE '\\' "
+                               f"AND id > :after ORDER BY id + 0 LIMIT :limit")
+    return out
+
+
+def search_rows(conn: Any, sql: dict[str, Any], dialect: str, q: str, limit: int) -> tuple[list[Any], str]:
+    """The first page of a name search as the tenancy service reads it (ids start at 1, so the
+    first window starts after 0), and how it was read."""
+    if dialect == "sqlite":
+        return list(conn.execute(sql["search"], {"q": q, "limit": limit}).all()), "fts index"
+    from ecoplat.tenancy import search
+
+    rows: list[Any] = []
+    after, window, path = 0, limit * search.FIRST_WINDOW_ROWS_PER_ROW, "first window"
+    while window:
+        rows += conn.execute(sql["search_window"], {"q": q, "after": after, "window": window,
+                                                    "limit": limit - len(rows)}).all()
+        if len(rows) >= limit:
+            return rows, path
+        end, last = conn.execute(sql["search_window_end"], {"after": after, "skip": window - 1}).one()
+        if end is None:
+            return rows, path
+        after = end
+        if path != "first window" or not search.walking_on_is_cheaper(
+                found=len(rows), walked=window, missing=limit - len(rows), rest=(last or 0) - end):
+            break
+        window, path = search.SECOND_WINDOW_MAX_ROWS, "second window"
+    rows += conn.execute(sql["search_index"], {"q": q, "after": after, "limit": limit - len(rows)}).all()
+    return rows, path + " + trigram index"
 
 
 def search_param(dialect: str, fragment: str) -> str:
@@ -307,7 +342,7 @@ def _db_worker(spec: dict[str, Any], idx: int, seed: float) -> dict[str, Any]:
                         rows = conn.execute(sql["list_after"], {"id": walk.key, "limit": PAGE_SIZE + 1}).all()
                 elif ep == "search":
                     q = search_param(dialect, wrng.choice(spec["search_terms"]))
-                    rows = conn.execute(sql["search"], {"q": q, "limit": PAGE_SIZE + 1}).all()
+                    rows, _path = search_rows(conn, sql, dialect, q, PAGE_SIZE + 1)
                 else:
                     rows = conn.execute(sql["detail"], {"id": wrng.randint(1, spec["max_id"])}).all()
                 if rows:
@@ -507,14 +542,20 @@ def explain(db_url: str, terms: list[str], starts: list[dict[str, Any]]) -> dict
     from sqlalchemy import text
 
     from ecoplat.db import make_engine
+    from ecoplat.tenancy.search import FIRST_WINDOW_ROWS_PER_ROW
 
     engine = make_engine(db_url)
     dialect = engine.dialect.name
     deep = starts[len(starts) // 2]
+    q = search_param(dialect, terms[0])
     params = {
         "list_first": {"limit": PAGE_SIZE + 1},
         "list_after": {"id": deep["id"] or 0, "limit": PAGE_SIZE + 1},
-        "search": {"q": search_param(dialect, terms[0]), "limit": PAGE_SIZE + 1},
+        "search": {"q": q, "limit": PAGE_SIZE + 1},
+        "search_window": {"q": q, "after": 0, "window": (PAGE_SIZE + 1) * FIRST_WINDOW_ROWS_PER_ROW,
+                          "limit": PAGE_SIZE + 1},
+        "search_window_end": {"after": 0, "skip": (PAGE_SIZE + 1) * FIRST_WINDOW_ROWS_PER_ROW - 1},
+        "search_index": {"q": q, "after": 0, "limit": PAGE_SIZE + 1},
         "detail": {"id": 1},
     }
     prefix = "EXPLAIN QUERY PLAN " if dialect == "sqlite" else "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) "
@@ -534,33 +575,26 @@ def explain(db_url: str, terms: list[str], starts: list[dict[str, Any]]) -> dict
 
 
 def _search_plans_by_term(conn: Any, terms: list[str]) -> str:
-    """The planner's choice differs by term: with ORDER BY id LIMIT n it may walk the primary key
-    and filter every row instead of using the trigram index. Count both over all search terms."""
-    import re
-
+    """How tenancy.search read each search term (first window, second window, trigram index after
+    them), with the slowest term per path; the trigram index step must use the trigram index."""
     from sqlalchemy import text
 
-    sql = text("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) " + baseline_sql("postgresql")["search"])
-    by_kind: dict[str, list[tuple[float, str]]] = {}
+    sql = {k: text(v) for k, v in baseline_sql("postgresql").items()}
+    by_path: dict[str, list[tuple[float, str]]] = {}
     for term in terms:
-        rows = conn.execute(sql, {"q": search_param("postgresql", term), "limit": PAGE_SIZE + 1}).all()
-        plan = " | ".join(str(r[0]) for r in rows)
-        found = re.search(r"Execution Time: ([0-9.]+)", plan)
-        ms = float(found.group(1)) if found else -1.0
-        if "trgm" in plan or "Bitmap Index Scan" in plan:
-            kind = "trigram index"
-        elif "pk_enterprises" in plan:
-            kind = "primary key walk + filter"
-        elif "Seq Scan" in plan:
-            kind = "sequential scan"
-        else:
-            kind = "other"
-        by_kind.setdefault(kind, []).append((ms, term))
+        started = time.perf_counter()
+        _rows, path = search_rows(conn, sql, "postgresql", search_param("postgresql", term), PAGE_SIZE + 1)
+        by_path.setdefault(path, []).append(((time.perf_counter() - started) * 1000, term))
     parts = []
-    for kind, hits in sorted(by_kind.items()):
+    for path, hits in sorted(by_path.items()):
         worst = max(hits)
-        parts.append(f"{kind}: {len(hits)} of {len(terms)} terms, slowest {worst[0]:.1f} ms ('{worst[1]}')")
-    return "; ".join(parts)
+        parts.append(f"{path}: {len(hits)} of {len(terms)} terms, slowest {worst[0]:.1f} ms ('{worst[1]}')")
+    plan = conn.execute(text("EXPLAIN " + baseline_sql("postgresql")["search_index"]),
+                        {"q": search_param("postgresql", max(by_path.get("first window + trigram index",
+                                                                            [(0.0, terms[0])]))[1]),
+                         "after": 0, "limit": PAGE_SIZE + 1}).all()
+    index = "uses" if any("trgm" in str(r[0]) for r in plan) else "does NOT use"
+    return "; ".join(parts) + f"; the trigram index step {index} ix_enterprises_name_trgm"
 
 
 def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

@@ -64,8 +64,8 @@ def enterprise_search_page(db: Session, *, conditions: Conditions, page: PagePar
         if end is None:  # the table ends inside the window: every match is in
             return finish_page(rows, page, ("id",))
         after_id = end
-        if not (first and _walking_on_is_cheaper(found=len(rows), walked=window, missing=need - len(rows),
-                                                  rest=last - end)):
+        if not (first and walking_on_is_cheaper(found=len(rows), walked=window, missing=need - len(rows),
+                                                 rest=last - end)):
             break
         window, first = SECOND_WINDOW_MAX_ROWS, False
     stmt = select(Enterprise).where(*conditions(Enterprise))
@@ -95,7 +95,7 @@ def _window_end(db: Session, *, after_id: int | None, window: int) -> tuple[int 
     return end, last or 0
 
 
-def _walking_on_is_cheaper(*, found: int, walked: int, missing: int, rest: int) -> bool:
+def walking_on_is_cheaper(*, found: int, walked: int, missing: int, rest: int) -> bool:
     """With `found` matches in `walked` rows, filling the page by walking reads about
     missing / density rows; sorting instead reads about density * rest matches."""
     if not found:
