@@ -54,9 +54,9 @@ def test_gateway_telemetry_by_device_name():
     rows, rejects = parse_gateway_telemetry(load("tb_gateway_telemetry.json"), now_ms=NOW)
     assert rejects == []
     assert rows == {
-        "Electrolyzer A": [(1764201600000, "current_ka", 14.2), (1764201600000, "cell_voltage_v", 3.05),
-                           (1764201601000, "current_ka", 14.4)],
-        "Cl2 Detector 3": [(1764201600000, "cl2_ppm", 0.4)],
+        "Electrolyzer A": [(1764201600000, {"current_ka": 14.2, "cell_voltage_v": 3.05}),
+                           (1764201601000, {"current_ka": 14.4})],
+        "Cl2 Detector 3": [(1764201600000, {"cl2_ppm": 0.4})],
     }
 
 
@@ -144,3 +144,20 @@ def test_attributes_reject_non_finite_inside_nested_values_and_non_objects():
     with pytest.raises(PayloadError) as info:
         parse_attributes(b"[1, 2]")
     assert info.value.reason == RejectReason.not_an_object
+
+
+def test_values_a_double_cannot_hold_are_dropped_alone_and_huge_finite_values_are_kept() -> None:
+    # 10**400 is valid JSON but no double holds it: stored as a number it would fail the whole
+    # batch, other devices' points included.
+    raw = b'{"ts": %d, "values": {"big": %s, "a": 1e308, "b": 1e308, "c": 2}}' % (NOW, b"1" + b"0" * 400)
+    points, rejects = parse_telemetry(raw, device_id=1, now_ms=NOW)
+    assert {p.key: p.value for p in points} == {"a": 1e308, "b": 1e308, "c": 2}
+    assert [r.reason for r in rejects] == [RejectReason.wrong_type] and "big" in rejects[0].detail
+
+
+def test_gateway_frames_keep_each_entry_whole_and_drop_only_bad_values() -> None:
+    raw = (b'{"A": [{"ts": %d, "values": {"x": 1.5, "on": true, "s": "run", "bad": NaN}},'
+           b' {"ts": %d, "values": {"x": 2.5}}]}' % (NOW - 1000, NOW))
+    rows, rejects = parse_gateway_telemetry(raw, now_ms=NOW)
+    assert rows == {"A": [(NOW - 1000, {"x": 1.5, "on": True, "s": "run"}), (NOW, {"x": 2.5})]}
+    assert [r.reason for r in rejects] == [RejectReason.non_finite]

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from ecoplat.telemetry.points import Point, Value
+from ecoplat.telemetry.points import Point, Value, points_of
 
 
 class RejectReason(enum.StrEnum):
@@ -67,6 +67,9 @@ DEFAULT_MAX_PAYLOAD_BYTES = 65_536
 
 _SCALAR_TYPES = (int, str, bool)
 _isfinite = math.isfinite
+_fsum = math.fsum
+
+Frame = tuple[int, dict[str, Value]]  # (ts ms, {key: value}): one device's values at one instant
 
 
 def _snippet(raw: bytes | str, n: int = 80) -> str:
@@ -109,9 +112,19 @@ def _check_ts(ts: Any, now_ms: int) -> int | Reject:
     return ts
 
 
-def _values_into(values: dict[str, Any], ts: int, out: list[tuple[int, str, Value]],
-                 rejects: list[Reject]) -> None:
-    append = out.append
+def _good_values(values: dict[str, Any], rejects: list[Reject]) -> dict[str, Value]:
+    """The telemetry values worth keeping: the dict itself when every value is good (the usual
+    case, checked without a Python-level loop), else a copy without the bad ones, each reported."""
+    try:
+        # fsum converts every value to float in C: it raises for text, null, objects, lists and
+        # integers beyond a double, and a non-finite value makes the sum non-finite.
+        total = _fsum(values.values())
+    except (TypeError, OverflowError, ValueError):
+        pass
+    else:
+        if total - total == 0 and min(map(len, values)) > 0 and max(map(len, values)) <= MAX_KEY_LENGTH:
+            return values
+    good: dict[str, Value] = {}
     for key, value in values.items():
         t = type(value)
         if t is float:
@@ -125,10 +138,23 @@ def _values_into(values: dict[str, Any], ts: int, out: list[tuple[int, str, Valu
         elif t is str and len(value) > MAX_STRING_VALUE:
             rejects.append(Reject(RejectReason.wrong_type, f"{key}: string longer than {MAX_STRING_VALUE} characters"))
             continue
+        elif t is int and not _fits_double(value):
+            rejects.append(Reject(RejectReason.wrong_type, f"{key}: integer {_snippet(str(value), 30)} is out of range"))
+            continue
         if not key or len(key) > MAX_KEY_LENGTH:
             rejects.append(Reject(RejectReason.wrong_type, f"key {_snippet(key, 40)!r} must be 1..{MAX_KEY_LENGTH} characters"))
             continue
-        append((ts, key, value))
+        good[key] = value
+    return good
+
+
+def _fits_double(value: int) -> bool:
+    # Integers beyond a double's range cannot be stored as numbers (and would fail their batch).
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _type_name(value: Any) -> str:
@@ -141,8 +167,8 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _entry_rows(entry: Any, now_ms: int, out: list[tuple[int, str, Value]], rejects: list[Reject]) -> None:
-    """One telemetry entry ({"ts","values"} or a flat object) appended as (ts, key, value) rows."""
+def _entry_frame(entry: Any, now_ms: int, out: list[Frame], rejects: list[Reject]) -> None:
+    """One telemetry entry ({"ts","values"} or a flat object) appended as a (ts, values) frame."""
     if type(entry) is not dict:
         rejects.append(Reject(RejectReason.not_an_object,
                               f"telemetry entries must be objects, got {_type_name(entry)}"))
@@ -161,36 +187,45 @@ def _entry_rows(entry: Any, now_ms: int, out: list[tuple[int, str, Value]], reje
     if not values:
         rejects.append(Reject(RejectReason.empty, "an entry without values"))
         return
-    _values_into(values, ts, out, rejects)
+    good = _good_values(values, rejects)
+    if good:
+        out.append((ts, good))
 
 
-def telemetry_rows(data: Any, *, now_ms: int) -> tuple[list[tuple[int, str, Value]], list[Reject]]:
-    """Decoded telemetry (object or array) → (ts, key, value) rows and per-value rejects."""
-    rows: list[tuple[int, str, Value]] = []
+def telemetry_frames(data: Any, *, now_ms: int) -> tuple[list[Frame], list[Reject]]:
+    """Decoded telemetry (object or array) → (ts, {key: value}) frames and per-value rejects."""
+    frames: list[Frame] = []
     rejects: list[Reject] = []
     if type(data) is list:
         if not data:
             raise PayloadError(RejectReason.empty, "an empty array")
         for entry in data:
-            _entry_rows(entry, now_ms, rows, rejects)
+            _entry_frame(entry, now_ms, frames, rejects)
     elif type(data) is dict:
         if not data:
             raise PayloadError(RejectReason.empty, "an empty object")
-        _entry_rows(data, now_ms, rows, rejects)
+        _entry_frame(data, now_ms, frames, rejects)
     else:
         raise PayloadError(RejectReason.not_an_object,
                            f"telemetry must be an object or an array of objects, got {_type_name(data)}")
-    if not rows and rejects and len(rejects) == 1:
+    if not frames and len(rejects) == 1:
         # Nothing usable: report the single cause as the payload's failure.
         raise PayloadError(rejects[0].reason, rejects[0].detail)
-    return rows, rejects
+    return frames, rejects
+
+
+def frames_to_points(device_id: int, frames: list[Frame]) -> list[Point]:
+    if len(frames) == 1:
+        ts, values = frames[0]
+        return points_of(device_id, ts, values)
+    return [p for ts, values in frames for p in points_of(device_id, ts, values)]
 
 
 def parse_telemetry(raw: bytes | str, *, device_id: int, now_ms: int,
                     max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> tuple[list[Point], list[Reject]]:
     """A device's telemetry message → Points (ts defaults to now_ms) and per-value rejects."""
-    rows, rejects = telemetry_rows(decode(raw, max_bytes=max_bytes), now_ms=now_ms)
-    return [Point(device_id, k, ts, v) for ts, k, v in rows], rejects
+    frames, rejects = telemetry_frames(decode(raw, max_bytes=max_bytes), now_ms=now_ms)
+    return frames_to_points(device_id, frames), rejects
 
 
 def parse_attributes(raw: bytes | str, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
@@ -236,15 +271,15 @@ def _device_name(name: Any) -> str | Reject:
 
 
 def parse_gateway_telemetry(raw: bytes | str, *, now_ms: int, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-                            ) -> tuple[dict[str, list[tuple[int, str, Value]]], list[Reject]]:
-    """`{"Device A": [entries...]}` → {device name: (ts, key, value) rows} and rejects."""
+                            ) -> tuple[dict[str, list[Frame]], list[Reject]]:
+    """`{"Device A": [entries...]}` → {device name: (ts, {key: value}) frames} and rejects."""
     data = decode(raw, max_bytes=max_bytes)
     if type(data) is not dict:
         raise PayloadError(RejectReason.not_an_object,
                            f"gateway telemetry must be an object keyed by device name, got {_type_name(data)}")
     if not data:
         raise PayloadError(RejectReason.empty, "an empty object")
-    out: dict[str, list[tuple[int, str, Value]]] = {}
+    out: dict[str, list[Frame]] = {}
     rejects: list[Reject] = []
     for name, entries in data.items():
         checked = _device_name(name)
@@ -255,11 +290,11 @@ def parse_gateway_telemetry(raw: bytes | str, *, now_ms: int, max_bytes: int = D
             rejects.append(Reject(RejectReason.wrong_type,
                                   f"{name}: gateway telemetry per device must be an array, got {_type_name(entries)}"))
             continue
-        rows: list[tuple[int, str, Value]] = []
+        frames: list[Frame] = []
         for entry in entries:
-            _entry_rows(entry, now_ms, rows, rejects)
-        if rows:
-            out[name] = rows
+            _entry_frame(entry, now_ms, frames, rejects)
+        if frames:
+            out[name] = frames
     if not out and len(rejects) == 1:
         raise PayloadError(rejects[0].reason, rejects[0].detail)
     return out, rejects
