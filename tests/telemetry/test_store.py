@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ecoplat.telemetry.base import SqlTelemetryStore
-from ecoplat.telemetry.points import Point, Sample
+from ecoplat.telemetry.points import Frames, Point, Sample
 from ecoplat.telemetry.query import HOUR_MS, MINUTE_MS, encode, fold
 
 from .builders import T0, new_device_id, new_enterprise_id, points
@@ -232,3 +232,34 @@ def test_deleting_a_device_removes_its_history_so_a_reused_id_starts_empty(store
     [bucket] = store.aggregate(dev, ["ppm"], T0, T0 + MINUTE_MS, MINUTE_MS)["ppm"]
     assert bucket.count == 1
     assert store.latest(keep) == {"ppm": Sample(T0, 1.0)}
+
+
+frame_value_st = st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.integers(-10**6, 10**6), st.booleans(),
+                           st.sampled_from(["open", "closed", float("nan"), float("inf")]))
+frames_st = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2 * HOUR_MS // 1000),
+                               st.dictionaries(st.sampled_from(["p", "q", "r"]), frame_value_st, min_size=1)),
+                     min_size=1, max_size=40)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=frames_st)
+def test_frames_are_stored_exactly_as_the_same_points_one_by_one(store: SqlTelemetryStore, frames: list) -> None:
+    """Gateway batches travel as frames (a device's values at one instant); what the store keeps
+    of them must be what it keeps of the same points written as Points."""
+    ent = new_enterprise_id()
+    as_frames, as_points = [new_device_id() for _ in range(3)], [new_device_id() for _ in range(3)]
+    store.write(Frames([(as_frames[d], T0 + s * 1000, values) for d, s, values in frames]),
+                {d: ent for d in as_frames})
+    store.write([Point(as_points[d], k, T0 + s * 1000, v) for d, s, values in frames for k, v in values.items()],
+                {d: ent for d in as_points})
+    for a, b in zip(as_frames, as_points, strict=True):
+        got, want = dump(store, a), dump(store, b)
+        for table in want:
+            # Series ids differ between the two devices; everything else must match, sums up to
+            # rounding (frames are summed per group, then the groups added).
+            assert len(got[table]) == len(want[table]), table
+            for g, w in zip(got[table], want[table], strict=True):
+                assert (g[0], len(g)) == (w[0], len(w)), table
+                for x, y in zip(g[2:], w[2:], strict=True):
+                    assert x == y or (type(x) is float and math.isclose(x, y, rel_tol=1e-12)), (table, g, w)
+        assert store.latest(a) == store.latest(b)
