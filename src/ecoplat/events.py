@@ -52,6 +52,13 @@ class EventBus:
     def publish(self, topic: str, data: dict[str, Any]) -> None:
         self._deliver_local(Event(topic, data))
 
+    def interested(self, topic: str) -> bool:
+        """Whether anyone here may want events on `topic` or below it: publishers of costly
+        events ask first and skip building what nobody would receive."""
+        with self._lock:
+            prefixes = [s.prefix for s in self._subs] + [x.prefix for x in self._listeners]
+        return any(p.startswith(topic) or topic.startswith(p) for p in prefixes)
+
     def _deliver_local(self, event: Event) -> None:
         with self._lock:
             subs = list(self._subs)
@@ -121,6 +128,9 @@ class RedisEventBus(EventBus):
         self._redis = redis.Redis.from_url(url)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+
+    def interested(self, topic: str) -> bool:
+        return True  # other processes may listen
 
     def publish(self, topic: str, data: dict[str, Any]) -> None:
         self._redis.publish(self._channel, orjson.dumps({"topic": topic, "data": data}))

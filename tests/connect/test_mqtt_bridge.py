@@ -107,6 +107,41 @@ def test_gateway_payload_through_the_bridge_creates_children(bridge: Bridge) -> 
     child_id = wait_until(child, message="child device created")
     assert wait_until(lambda: latest(bridge.http, bridge.tenant, child_id).get("cl2_ppm")) == {"ts": ts, "value": 0.4}
 
+    # A known child now takes the fast path (parsed in the bridge's own thread): every value type
+    # is kept, and a bad value is dropped alone and counted against the gateway.
+    ts2 = ts + 500
+    _mosquitto_pub(bridge.broker, f"v1/gateway/{gw_token}/telemetry", orjson.dumps(
+        {"Chlorine detector 2": [{"ts": ts2, "values": {"cl2_ppm": 0.5, "fan_on": True, "mode": "purge", "n": 3}},
+                                 {"ts": ts2 + 1, "values": {"cl2_ppm": 0.6, "huge": 1}}]}))
+    want = {"cl2_ppm": {"ts": ts2 + 1, "value": 0.6}, "fan_on": {"ts": ts2, "value": True},
+            "mode": {"ts": ts2, "value": "purge"}, "n": {"ts": ts2, "value": 3}, "huge": {"ts": ts2 + 1, "value": 1}}
+    assert wait_until(lambda: (lambda v: v if v.get("cl2_ppm", {}).get("ts") == ts2 + 1 else None)(
+        latest(bridge.http, bridge.tenant, child_id)), message="fast-path telemetry stored") == want
+    _mosquitto_pub(bridge.broker, f"v1/gateway/{gw_token}/telemetry",
+                   b'{"Chlorine detector 2": [{"ts": %d, "values": {"cl2_ppm": NaN, "t_c": 21.5}}]}' % (ts2 + 2))
+    assert wait_until(lambda: latest(bridge.http, bridge.tenant, child_id).get("t_c")) == {"ts": ts2 + 2, "value": 21.5}
+    assert latest(bridge.http, bridge.tenant, child_id)["cl2_ppm"] == {"ts": ts2 + 1, "value": 0.6}
+    assert wait_until(lambda: errors_by_reason(bridge.http, bridge.tenant, gw_id).get("non_finite")) == 1
+
+    # A message naming a known child and a new one goes the slow way, and both are stored.
+    ts3 = ts2 + 1000
+    _mosquitto_pub(bridge.broker, f"v1/gateway/{gw_token}/telemetry", orjson.dumps(
+        {"Chlorine detector 2": [{"ts": ts3, "values": {"cl2_ppm": 0.7}}],
+         "Chlorine detector 5": [{"ts": ts3, "values": {"cl2_ppm": 1.1}}]}))
+    assert wait_until(lambda: latest(bridge.http, bridge.tenant, child_id)["cl2_ppm"]["ts"] == ts3 or None)
+
+    def second_child() -> int | None:
+        database = Database(bridge.http.app.state.settings.resolved_database_url)
+        try:
+            with database.session() as s:
+                return s.scalar(select(Device.id).where(Device.gateway_id == gw_id,
+                                                        Device.name == "Chlorine detector 5"))
+        finally:
+            database.dispose()
+
+    other = wait_until(second_child, message="second child created")
+    assert wait_until(lambda: latest(bridge.http, bridge.tenant, other).get("cl2_ppm")) == {"ts": ts3, "value": 1.1}
+
 
 def test_bad_input_through_the_bridge_is_counted_and_the_bridge_keeps_going(bridge: Bridge) -> None:
     device_id, token = bridge.tenant.device("bad-1")

@@ -43,6 +43,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -55,6 +56,7 @@ from prometheus_client import Counter
 from ecoplat.connect import payloads
 from ecoplat.connect.mqtt import MqttDeviceApi
 from ecoplat.connect.payloads import PayloadError, RejectReason
+from ecoplat.telemetry.points import Frame, Frames, Point, join_points
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +204,42 @@ class MqttBridge:
                 return
             self._enqueue(ref.enterprise_id, points, msg.mid if msg.qos else -1)
             return
+        if (family == "gateway" and rest == "telemetry" and getattr(ref, "is_gateway", False)
+                and self._gateway_telemetry(ref, payload, msg)):
+            return
         # Everything else (gateway API, attributes, RPC) goes through the shared device API on the
         # loop, with answers routed back on this token's topics; acked when it has been processed.
         me_topic = ("v1/devices/me/" if family == "devices" else "v1/gateway/") + rest
         conn = BridgeConnection(self, token, gateway=family == "gateway")
         self._spawn(self._process(ref, me_topic, bytes(payload), conn, msg.mid, msg.qos))
+
+    def _gateway_telemetry(self, ref: Any, payload: bytes, msg: mqtt.MQTTMessage) -> bool:
+        """Gateway telemetry on the hot path, in paho's thread, when every child it names is
+        known already; False (nothing done) sends it the slow way, which creates the children."""
+        children = self.device_api.children
+        gateway_id = ref.device_id
+        try:
+            per_device, rejects = payloads.parse_gateway_telemetry(payload, now_ms=int(time.time() * 1000),
+                                                                   max_bytes=self.max_bytes)
+        except PayloadError as e:
+            self.ingest.reject(gateway_id, e.reason.value, e.detail)
+            self._ack(msg.mid, msg.qos)
+            return True
+        out: list[Frame] = []
+        for name, frames in per_device.items():
+            child = children.get((gateway_id, name))
+            if child is None:
+                return False
+            device_id = child.ref.device_id
+            out += [(device_id, ts, values) for ts, values in frames]
+        points = Frames(out)
+        for r in rejects:
+            self.ingest.reject(gateway_id, r.reason.value, r.detail)
+        if points:
+            self._enqueue(ref.enterprise_id, points, msg.mid if msg.qos else -1)
+        else:
+            self._ack(msg.mid, msg.qos)
+        return True
 
     def _resolve(self, token: str) -> Any | None:
         result = self.ingest.resolve_token(token)
@@ -219,7 +252,7 @@ class MqttBridge:
         if qos:
             self.client.ack(mid, qos)
 
-    def _enqueue(self, enterprise_id: int, points: list[Any], mid: int) -> None:
+    def _enqueue(self, enterprise_id: int, points: Sequence[Point], mid: int) -> None:
         with self._lock:
             self._pending.append((enterprise_id, points, mid))
             if self._drain_scheduled:
@@ -246,14 +279,11 @@ class MqttBridge:
         if items:
             self._create_task(self._submit(items))
 
-    async def _submit(self, items: list[tuple[int, list[Any], int]]) -> None:
-        by_enterprise: dict[int, list[Any]] = {}
+    async def _submit(self, items: list[tuple[int, Sequence[Point], int]]) -> None:
+        parts: dict[int, list[Sequence[Point]]] = {}
         for enterprise_id, points, _mid in items:
-            bucket = by_enterprise.get(enterprise_id)
-            if bucket is None:
-                by_enterprise[enterprise_id] = points
-            else:
-                bucket.extend(points)
+            parts.setdefault(enterprise_id, []).append(points)
+        by_enterprise = {enterprise_id: join_points(seqs) for enterprise_id, seqs in parts.items()}
         try:
             for enterprise_id, points in by_enterprise.items():
                 await self.ingest.submit(points, enterprise_id=enterprise_id)

@@ -19,9 +19,10 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import operator
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ from ecoplat.connect.models import (
 )
 from ecoplat.db import Database, utcnow
 from ecoplat.events import Event, EventBus
-from ecoplat.telemetry.points import Point, TelemetryStore
+from ecoplat.telemetry.points import Frames, Point, TelemetryStore, join_points
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,18 @@ NEGATIVE_CACHE_S = 5.0
 # After a rotation or revocation, lookups of that device skip the cache until the change has
 # surely committed (the route's unit of work commits after the service returns).
 INVALIDATION_GRACE_S = 5.0
+
+
+_device_of = operator.itemgetter(0)  # Point.device_id, read in C
+
+
+def _points_per_device(points: Sequence[Point]) -> dict[int, int]:
+    if type(points) is Frames:
+        counts: dict[int, int] = {}
+        for d, _ts, values in points.frames:
+            counts[d] = counts.get(d, 0) + len(values)
+        return counts
+    return Counter(map(_device_of, points))
 
 
 def hash_token(token: str) -> str:
@@ -299,19 +312,10 @@ class IngestPipeline:
         enterprise_of: dict[int, int] = {}
         points_of: dict[int, int] = {}
         messages_of: dict[int, int] = {}
-        latest: dict[tuple[int, int], dict[str, Any]] = {}
-        points = batch[0].points if len(batch) == 1 else [p for item in batch for p in item.points]
+        points = join_points([item.points for item in batch])
         for item in batch:
             ent = item.enterprise_id
-            seen: dict[int, int] = {}
-            for p in item.points:
-                d = p.device_id
-                seen[d] = seen.get(d, 0) + 1
-                group = latest.get((d, p.ts))
-                if group is None:
-                    latest[(d, p.ts)] = group = {}
-                group[p.key] = p.value
-            for d, n in seen.items():
+            for d, n in _points_per_device(item.points).items():
                 enterprise_of[d] = ent
                 points_of[d] = points_of.get(d, 0) + n
                 messages_of[d] = messages_of.get(d, 0) + 1
@@ -336,7 +340,7 @@ class IngestPipeline:
             except Exception:
                 log.exception("ingest listener %r failed", listener)
         publish = self.events.publish
-        for (device_id, ts), values in latest.items():
+        for (device_id, ts), values in self._live_values(points, enterprise_of).items():
             publish(f"telemetry.{enterprise_of[device_id]}.{device_id}",
                     {"device_id": device_id, "ts": ts, "values": values})
         seen_at = time.monotonic()
@@ -347,6 +351,32 @@ class IngestPipeline:
                 presence[device_id] = (ent, seen_at)
         for device_id, ent in came_online:
             publish(f"device.{ent}.{device_id}", {"device_id": device_id, "status": "online", "ts": now_ms()})
+
+    def _live_values(self, points: Sequence[Point], enterprise_of: Mapping[int, int]
+                     ) -> dict[tuple[int, int], dict[str, Any]]:
+        """{(device, ts): {key: value}} for the live feeds, only for devices someone listens to
+        (a page, a Redis bridge): grouping costs a Python step per point."""
+        interested = self.events.interested
+        if not interested("telemetry."):
+            return {}
+        wanted = {d for d, ent in enterprise_of.items() if interested(f"telemetry.{ent}.{d}.")}
+        out: dict[tuple[int, int], dict[str, Any]] = {}
+        if type(points) is Frames:
+            for d, ts, values in points.frames:
+                if d in wanted:
+                    group = out.get((d, ts))
+                    if group is None:
+                        out[(d, ts)] = dict(values)
+                    else:
+                        group.update(values)
+            return out
+        for d, key, ts, value in points:
+            if d in wanted:
+                group = out.get((d, ts))
+                if group is None:
+                    out[(d, ts)] = group = {}
+                group[key] = value
+        return out
 
     def sweep_presence(self) -> list[int]:
         """Announces devices silent for longer than their profile's inactivity timeout as

@@ -26,7 +26,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,7 +36,7 @@ from ecoplat.config import Settings
 from ecoplat.connect import payloads
 from ecoplat.connect.payloads import PayloadError, RejectReason
 from ecoplat.events import Event, EventBus
-from ecoplat.telemetry.points import Point
+from ecoplat.telemetry.points import Frame, Frames
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,11 @@ class MqttDeviceApi:
         await conn.publish(topic, orjson.dumps(answer))
 
     # -- gateway API ----------------------------------------------------------------------------
+    @property
+    def children(self) -> Mapping[tuple[int, str], _Child]:
+        """(gateway id, child name) → the child, for every child this process has seen."""
+        return self._children
+
     async def child(self, gateway: Any, name: str, device_type: str = "default") -> Any:
         """The child device `name` of this gateway, created under its enterprise on first sight."""
         key = (gateway.device_id, name)
@@ -329,11 +334,12 @@ class MqttDeviceApi:
             return
         for r in rejects:
             self.ingest.reject(ref.device_id, r.reason.value, r.detail)
-        points: list[Point] = []
-        for name, rows in per_device.items():
+        out: list[Frame] = []
+        for name, frames in per_device.items():
             child = await self.child(ref, name)
             device_id = child.device_id
-            points.extend([Point(device_id, k, ts, v) for ts, k, v in rows])
+            out += [(device_id, ts, values) for ts, values in frames]
+        points = Frames(out)
         if points:
             await self.ingest.submit(points, enterprise_id=ref.enterprise_id)
 
