@@ -86,6 +86,10 @@ def baseline_sql(dialect: str) -> dict[str, str]:
                                     "OFFSET :skip LIMIT 1), (SELECT max(id) FROM enterprises)")
         out["search_index"] = (f"SELECT {ENTERPRISE_COLUMNS} FROM enterprises WHERE name ILIKE :q ESCAPE '\\' "
                                f"AND id > :after ORDER BY id + 0 LIMIT :limit")
+        out["search_index_after_window"] = (
+            f"SELECT {ENTERPRISE_COLUMNS} FROM enterprises WHERE name ILIKE :q ESCAPE '\\' AND id > "
+            f"(SELECT w.id FROM enterprises w WHERE w.id > :after ORDER BY w.id OFFSET :skip LIMIT 1) "
+            f"ORDER BY id + 0 LIMIT :limit")
     return out
 
 
@@ -96,23 +100,25 @@ def search_rows(conn: Any, sql: dict[str, Any], dialect: str, q: str, limit: int
         return list(conn.execute(sql["search"], {"q": q, "limit": limit}).all()), "fts index"
     from ecoplat.tenancy import search
 
-    rows: list[Any] = []
-    after, window, path = 0, limit * search.FIRST_WINDOW_ROWS_PER_ROW, "first window"
-    while window:
-        rows += conn.execute(sql["search_window"], {"q": q, "after": after, "window": window,
-                                                    "limit": limit - len(rows)}).all()
-        if len(rows) >= limit:
-            return rows, path
-        end, last = conn.execute(sql["search_window_end"], {"after": after, "skip": window - 1}).one()
+    window = limit * search.FIRST_WINDOW_ROWS_PER_ROW
+    rows = list(conn.execute(sql["search_window"], {"q": q, "after": 0, "window": window, "limit": limit}).all())
+    path, after = "first window", 0
+    if rows and len(rows) < limit:
+        end, last = conn.execute(sql["search_window_end"], {"after": 0, "skip": window - 1}).one()
         if end is None:
             return rows, path
-        after = end
-        if path != "first window" or not search.walking_on_is_cheaper(
-                found=len(rows), walked=window, missing=limit - len(rows), rest=(last or 0) - end):
-            break
-        window, path = search.SECOND_WINDOW_MAX_ROWS, "second window"
-    rows += conn.execute(sql["search_index"], {"q": q, "after": after, "limit": limit - len(rows)}).all()
-    return rows, path + " + trigram index"
+        if not search.walking_on_is_cheaper(found=len(rows), walked=window, missing=limit - len(rows),
+                                            rest=(last or 0) - end):
+            rows += conn.execute(sql["search_index"], {"q": q, "after": end, "limit": limit - len(rows)}).all()
+            return rows, path + " + trigram index"
+        path, after, window = "second window", end, search.SECOND_WINDOW_MAX_ROWS
+        rows += conn.execute(sql["search_window"], {"q": q, "after": after, "window": window,
+                                                    "limit": limit - len(rows)}).all()
+    if len(rows) < limit:
+        rows += conn.execute(sql["search_index_after_window"], {"q": q, "after": after, "skip": window - 1,
+                                                                "limit": limit - len(rows)}).all()
+        path += " + trigram index"
+    return rows, path
 
 
 def search_param(dialect: str, fragment: str) -> str:
@@ -556,6 +562,8 @@ def explain(db_url: str, terms: list[str], starts: list[dict[str, Any]]) -> dict
                           "limit": PAGE_SIZE + 1},
         "search_window_end": {"after": 0, "skip": (PAGE_SIZE + 1) * FIRST_WINDOW_ROWS_PER_ROW - 1},
         "search_index": {"q": q, "after": 0, "limit": PAGE_SIZE + 1},
+        "search_index_after_window": {"q": q, "after": 0, "skip": (PAGE_SIZE + 1) * FIRST_WINDOW_ROWS_PER_ROW - 1,
+                                      "limit": PAGE_SIZE + 1},
         "detail": {"id": 1},
     }
     prefix = "EXPLAIN QUERY PLAN " if dialect == "sqlite" else "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) "
@@ -589,10 +597,12 @@ def _search_plans_by_term(conn: Any, terms: list[str]) -> str:
     for path, hits in sorted(by_path.items()):
         worst = max(hits)
         parts.append(f"{path}: {len(hits)} of {len(terms)} terms, slowest {worst[0]:.1f} ms ('{worst[1]}')")
-    plan = conn.execute(text("EXPLAIN " + baseline_sql("postgresql")["search_index"]),
-                        {"q": search_param("postgresql", max(by_path.get("first window + trigram index",
-                                                                            [(0.0, terms[0])]))[1]),
-                         "after": 0, "limit": PAGE_SIZE + 1}).all()
+    from ecoplat.tenancy.search import FIRST_WINDOW_ROWS_PER_ROW
+
+    slowest_rare = max(by_path.get("first window + trigram index", [(0.0, terms[0])]))[1]
+    plan = conn.execute(text("EXPLAIN " + baseline_sql("postgresql")["search_index_after_window"]),
+                        {"q": search_param("postgresql", slowest_rare), "after": 0,
+                         "skip": (PAGE_SIZE + 1) * FIRST_WINDOW_ROWS_PER_ROW - 1, "limit": PAGE_SIZE + 1}).all()
     index = "uses" if any("trgm" in str(r[0]) for r in plan) else "does NOT use"
     return "; ".join(parts) + f"; the trigram index step {index} ix_enterprises_name_trgm"
 
