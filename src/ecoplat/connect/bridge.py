@@ -1,8 +1,10 @@
 """Bridge mode: ingest from an external broker (Mosquitto, EMQX) instead of the embedded one.
 
-Enabled by `ECOPLAT_MQTT_BRIDGE_URL=mqtt://host:port`. Each ingest process subscribes with
-paho-mqtt (MQTT 5) to the configured topics as `$share/<group>/<topic>`, so several processes
-split the load and the broker hands each message to exactly one of them.
+Enabled by `ECOPLAT_MQTT_BRIDGE_URL=mqtt://host:port`. Each ingest process subscribes (MQTT 5,
+with the small asyncio client in `connect/mqtt_client.py`) to the configured topics as
+`$share/<group>/<topic>`, so several processes split the load and the broker hands each message
+to exactly one of them. Messages are parsed on the event loop as they arrive; everything parsed
+from one read of the socket goes to the ingest queue as one submission.
 
 Device identity. A subscriber behind a broker never learns who published, and a non-gateway
 payload is never trusted to name its device. The identity therefore comes from the topic, whose
@@ -29,8 +31,8 @@ dropped by the broker:
     max_inflight_messages 0
     max_queued_messages 0        # or a bound that covers a restart at the peak rate
 
-Durability and crashes: QoS 1 with manual acknowledgement (`manual_ack=True`): a message is
-acknowledged to the broker only after the points it carried are durable. The session is persistent
+Durability and crashes: QoS 1 with manual acknowledgement: a message is acknowledged to the
+broker only after the points it carried are durable. The session is persistent
 (clean_start False, a session expiry interval) under a client id stable for this process
 (`ecoplat-ingest-<port>` by default), so after a kill -9 and a restart the broker redelivers every
 message that had not been acknowledged. Replays are harmless because the store keeps one row per
@@ -42,19 +44,15 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter
 
 from ecoplat.connect import payloads
 from ecoplat.connect.mqtt import MqttDeviceApi
+from ecoplat.connect.mqtt_client import Message, MqttClient
 from ecoplat.connect.payloads import PayloadError, RejectReason
 from ecoplat.telemetry.points import Frame, Frames, Point, join_points
 
@@ -105,117 +103,131 @@ class MqttBridge:
         self.device_api = device_api
         self.ingest = device_api.ingest
         self.max_bytes = device_api.max_bytes
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5, manual_ack=True)
-        if self.username:
-            self.client.username_pw_set(self.username, self.password)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_disconnect = self._on_disconnect
+        self.client = MqttClient(host=self.host, port=self.port, client_id=client_id,
+                                 subscriptions=[f"$share/{group}/{t}" for t in self.topics], qos=1,
+                                 username=self.username, password=self.password, keepalive=30,
+                                 clean_start=False, session_expiry=SESSION_EXPIRY_S,
+                                 receive_maximum=RECEIVE_MAXIMUM, on_message=self._on_message,
+                                 on_connect=self._on_connect, on_disconnect=self._on_disconnect)
         self.connected = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # Parsed telemetry waiting for the event loop: (enterprise id, points, mid). The paho thread
-        # parses (so the loop does not), the loop drains everything pending into one submit per
-        # enterprise and acknowledges all those messages once that submit returned (durable).
-        self._pending: deque[tuple[int, list[Any], int]] = deque()
+        # Parsed telemetry waiting for its submission: (enterprise id, points, message). Every
+        # message parsed from one read of the socket goes into one submit per enterprise, and
+        # those messages are acknowledged once that submit returned (durable).
+        self._pending: list[tuple[int, Sequence[Point], Message | None]] = []
         self._drain_scheduled = False
-        self._lock = threading.Lock()
+        # Messages of a token not in the cache yet wait here, in order, while it is looked up.
+        self._unresolved: dict[str, list[Message]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.messages = 0
 
     # -- life cycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        props.ReceiveMaximum = RECEIVE_MAXIMUM
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False,
-                                  properties=props)
-        self.client.loop_start()
-        if not await asyncio.to_thread(self.connected.wait, 15):
-            log.warning("bridge: no CONNACK from %s:%s yet; paho keeps retrying", self.host, self.port)
+        self.client.start()
+        try:
+            await asyncio.wait_for(self.client.connected.wait(), 15)
+        except TimeoutError:
+            log.warning("bridge: no CONNACK from %s:%s yet; retrying in the background", self.host, self.port)
 
     async def stop(self) -> None:
-        # Wait briefly for in-flight drains so their acks go out before disconnecting.
+        # Wait briefly for in-flight submissions so their acks go out before disconnecting.
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
-        self.client.disconnect()
-        await asyncio.to_thread(self.client.loop_stop)
+        await self.client.close()
 
-    # -- paho callbacks (paho's network thread) -------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any,
-                    _props: Any = None) -> None:
-        if reason_code.is_failure:
-            log.error("bridge: %s:%s refused the connection: %s", self.host, self.port, reason_code)
-            return
-        opts = SubscribeOptions(qos=1)
-        client.subscribe([(f"$share/{self.group}/{t}", opts) for t in self.topics])
-        log.info("bridge: connected to %s:%s, shared group %r, %d topic filters",
-                 self.host, self.port, self.group, len(self.topics))
+    # -- client callbacks (on the event loop) ---------------------------------------------------
+    def _on_connect(self, session_present: bool) -> None:
+        log.info("bridge: connected to %s:%s (session %s), shared group %r, %d topic filters",
+                 self.host, self.port, "resumed" if session_present else "new", self.group, len(self.topics))
         self.connected.set()
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any,
-                       _props: Any = None) -> None:
+    def _on_disconnect(self, reason: str) -> None:
         self.connected.clear()
-        log.info("bridge: disconnected (%s); paho reconnects", reason_code)
+        log.info("bridge: disconnected (%s); reconnecting", reason)
 
-    def _on_message(self, client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: Message) -> None:
         self.messages += 1
         BRIDGE_MESSAGES.inc()
         topic = msg.topic
         parts = topic.split("/", 3)
         try:
             if len(parts) == 4 and parts[0] == "v1" and parts[1] in ("devices", "gateway"):
-                self._handle(parts[1], parts[2], parts[3], msg)
+                token = parts[2]
+                waiting = self._unresolved.get(token)
+                if waiting is not None:
+                    waiting.append(msg)
+                    return
+                ref = self.ingest.cached_token(token)
+                if ref is None:
+                    self._unresolved[token] = [msg]
+                    self._create_task(self._resolve_then_handle(token))
+                    return
+                self._handle(ref, parts[1], token, parts[3], msg)
                 return
             self.ingest.reject(None, RejectReason.topic_not_allowed.value,
                                f"bridge: {topic!r} is not v1/devices/<token>/… or v1/gateway/<token>/…")
         except Exception:
             log.exception("bridge: processing %s failed", topic)
-        self._ack(msg.mid, msg.qos)
+        self.client.ack(msg)
 
-    def _handle(self, family: str, token: str, rest: str, msg: mqtt.MQTTMessage) -> None:
-        ref = self._resolve(token)
+    async def _resolve_then_handle(self, token: str) -> None:
+        """First sight of a token: look it up off the loop, then handle what queued meanwhile, in order."""
+        try:
+            ref = await self.device_api.resolve(token)
+        except Exception:
+            log.exception("bridge: looking up a token failed; its messages stay unacknowledged")
+            self._unresolved.pop(token, None)
+            return
+        for msg in self._unresolved.pop(token, []):
+            family, _token, rest = msg.topic.split("/", 3)[1:]
+            try:
+                self._handle(ref, family, token, rest, msg)
+            except Exception:
+                log.exception("bridge: processing %s failed", msg.topic)
+                self.client.ack(msg)
+
+    def _handle(self, ref: Any, family: str, token: str, rest: str, msg: Message) -> None:
         if ref is None:
             self.ingest.reject(None, RejectReason.unknown_token.value,
                                f"bridge: unknown access token {token[:4]}… on {family}/{rest}")
-            self._ack(msg.mid, msg.qos)
+            self.client.ack(msg)
             return
         if getattr(ref, "revoked", False):
             self.ingest.reject(ref.device_id, RejectReason.revoked_token.value,
                                f"bridge: revoked access token on {family}/{rest}")
-            self._ack(msg.mid, msg.qos)
+            self.client.ack(msg)
             return
         payload = msg.payload
         if family == "devices" and rest == "telemetry":
-            # The hot path: parse here, in paho's thread, and queue for the loop.
+            # The hot path: parse here and queue; acked once durable.
             try:
                 points, rejects = payloads.parse_telemetry(payload, device_id=ref.device_id,
                                                            now_ms=int(time.time() * 1000),
                                                            max_bytes=self.max_bytes)
             except PayloadError as e:
                 self.ingest.reject(ref.device_id, e.reason.value, e.detail)
-                self._ack(msg.mid, msg.qos)
+                self.client.ack(msg)
                 return
             for r in rejects:
                 self.ingest.reject(ref.device_id, r.reason.value, r.detail)
             if not points:
-                self._ack(msg.mid, msg.qos)
+                self.client.ack(msg)
                 return
-            self._enqueue(ref.enterprise_id, points, msg.mid if msg.qos else -1)
+            self._enqueue(ref.enterprise_id, points, msg)
             return
         if (family == "gateway" and rest == "telemetry" and getattr(ref, "is_gateway", False)
                 and self._gateway_telemetry(ref, payload, msg)):
             return
-        # Everything else (gateway API, attributes, RPC) goes through the shared device API on the
-        # loop, with answers routed back on this token's topics; acked when it has been processed.
+        # Everything else (gateway API, attributes, RPC) goes through the shared device API,
+        # with answers routed back on this token's topics; acked when it has been processed.
         me_topic = ("v1/devices/me/" if family == "devices" else "v1/gateway/") + rest
         conn = BridgeConnection(self, token, gateway=family == "gateway")
-        self._spawn(self._process(ref, me_topic, bytes(payload), conn, msg.mid, msg.qos))
+        self._create_task(self._process(ref, me_topic, payload, conn, msg))
 
-    def _gateway_telemetry(self, ref: Any, payload: bytes, msg: mqtt.MQTTMessage) -> bool:
-        """Gateway telemetry on the hot path, in paho's thread, when every child it names is
-        known already; False (nothing done) sends it the slow way, which creates the children."""
+    def _gateway_telemetry(self, ref: Any, payload: bytes, msg: Message) -> bool:
+        """Gateway telemetry on the hot path, when every child it names is known already; False
+        (nothing done) sends it the slow way, which creates the children."""
         children = self.device_api.children
         gateway_id = ref.device_id
         try:
@@ -223,7 +235,7 @@ class MqttBridge:
                                                                    max_bytes=self.max_bytes)
         except PayloadError as e:
             self.ingest.reject(gateway_id, e.reason.value, e.detail)
-            self._ack(msg.mid, msg.qos)
+            self.client.ack(msg)
             return True
         out: list[Frame] = []
         for name, frames in per_device.items():
@@ -232,56 +244,37 @@ class MqttBridge:
                 return False
             device_id = child.ref.device_id
             out += [(device_id, ts, values) for ts, values in frames]
-        points = Frames(out)
         for r in rejects:
             self.ingest.reject(gateway_id, r.reason.value, r.detail)
-        if points:
-            self._enqueue(ref.enterprise_id, points, msg.mid if msg.qos else -1)
+        if out:
+            self._enqueue(ref.enterprise_id, Frames(out), msg)
         else:
-            self._ack(msg.mid, msg.qos)
+            self.client.ack(msg)
         return True
 
-    def _resolve(self, token: str) -> Any | None:
-        result = self.ingest.resolve_token(token)
-        if asyncio.iscoroutine(result):
-            assert self._loop is not None
-            return asyncio.run_coroutine_threadsafe(result, self._loop).result(30)
-        return result
-
-    def _ack(self, mid: int, qos: int) -> None:
-        if qos:
-            self.client.ack(mid, qos)
-
-    def _enqueue(self, enterprise_id: int, points: Sequence[Point], mid: int) -> None:
-        with self._lock:
-            self._pending.append((enterprise_id, points, mid))
-            if self._drain_scheduled:
-                return
+    def _enqueue(self, enterprise_id: int, points: Sequence[Point], msg: Message) -> None:
+        self._pending.append((enterprise_id, points, msg))
+        if not self._drain_scheduled:
             self._drain_scheduled = True
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._start_drain)
-
-    def _spawn(self, coro: Any) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._create_task, coro)
+            assert self._loop is not None
+            # After the rest of this read's messages: they join the same submission.
+            self._loop.call_soon(self._start_drain)
 
     def _create_task(self, coro: Any) -> None:
-        task = self._loop.create_task(coro)  # type: ignore[union-attr]
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # -- event loop side ------------------------------------------------------------------------
     def _start_drain(self) -> None:
-        with self._lock:
-            items = list(self._pending)
-            self._pending.clear()
-            self._drain_scheduled = False
+        items, self._pending = self._pending, []
+        self._drain_scheduled = False
         if items:
             self._create_task(self._submit(items))
 
-    async def _submit(self, items: list[tuple[int, Sequence[Point], int]]) -> None:
+    async def _submit(self, items: list[tuple[int, Sequence[Point], Message | None]]) -> None:
         parts: dict[int, list[Sequence[Point]]] = {}
-        for enterprise_id, points, _mid in items:
+        for enterprise_id, points, _msg in items:
             parts.setdefault(enterprise_id, []).append(points)
         by_enterprise = {enterprise_id: join_points(seqs) for enterprise_id, seqs in parts.items()}
         try:
@@ -291,15 +284,11 @@ class MqttBridge:
             # Not durable: no ack, so the broker redelivers these messages after a reconnect.
             log.exception("bridge: submitting %d messages failed; they stay unacknowledged", len(items))
             return
-        ack = self.client.ack
-        for _e, _p, mid in items:
-            if mid >= 0:
-                ack(mid, 1)
+        self.client.ack_many([msg for _e, _p, msg in items if msg is not None])
 
-    async def _process(self, ref: Any, topic: str, payload: bytes, conn: BridgeConnection,
-                       mid: int, qos: int) -> None:
+    async def _process(self, ref: Any, topic: str, payload: bytes, conn: BridgeConnection, msg: Message) -> None:
         try:
             await self.device_api.on_publish(ref, topic, payload, conn)
         except Exception:
             log.exception("bridge: processing %s failed", topic)
-        self._ack(mid, qos)
+        self.client.ack(msg)
