@@ -53,3 +53,14 @@ def test_prometheus_metrics_are_served(client) -> None:  # type: ignore[no-untyp
     assert r.headers["content-type"].startswith("text/plain")
     assert "ecoplat_http_requests_total" in r.text
     assert 'route="/api/health"' in r.text
+
+
+def test_garbage_collection_pauses_are_measured_and_full_collections_are_rare(client) -> None:  # type: ignore[no-untyped-def]
+    import gc
+    import re
+
+    gc.collect()
+    text = client.get("/metrics").text
+    full = re.search(r'^ecoplat_gc_pause_seconds_count\{generation="2"\} (\S+)$', text, re.M)
+    assert full is not None and float(full.group(1)) >= 1
+    assert gc.get_threshold()[2] == 1000  # a full collection after 1,000 middle ones, not 10
