@@ -451,7 +451,8 @@ def sse_latencies(base: str, token: str, device_id: int, stop: threading.Event, 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ecoplat bench ingest", description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=30_000, help="single-point messages per throughput run")
-    ap.add_argument("--gateway-messages", type=int, default=4_000, help="100-point gateway messages per run")
+    ap.add_argument("--gateway-messages", type=int, default=10_000,
+                    help="100-point gateway messages per run (1 M points: a few seconds at the target rate)")
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
     ap.add_argument("--latency-seconds", type=float, default=6.0)
     ap.add_argument("--repeat", type=int, default=2, help="single-point runs per path (best kept)")
