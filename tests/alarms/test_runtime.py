@@ -192,3 +192,75 @@ def test_re_enabled_rule_clears_the_alarm_that_was_active_when_it_was_disabled(p
     _push(pipeline, plant, [(1000, "temp_c", 70.0)])
     assert _seq(_history(pipeline, rule)) == [("alarm", "unacknowledged", 0),
                                               ("return_to_normal", "rtn_unacknowledged", 1000)]
+
+
+def test_a_burst_of_alarms_in_one_batch_is_on_record_exactly_as_announced(pipeline: Pipeline) -> None:
+    """30 alarms raised in one ingest batch, half of them cleared and raised again in the next two:
+    every event names a stored alarm, in the state it announced, with the value the device sent."""
+    names = tuple(f"C-{i:03d}" for i in range(30))
+    plant = _plant(pipeline, devices=names)
+    with pipeline.database.session() as db:
+        rule = make_rule(db, plant.enterprise_id, device_id=None, profile_id=plant.profile_id, kind="high",
+                         key="temp_c", params={"limit": 80}).id
+    pipeline.alarms.reload_rule(rule)
+    even = names[::2]
+    before = len(pipeline.alarm_events(plant.enterprise_id))
+    expected = pipeline.alarms.points_evaluated + 60
+    for batch in ([Point(plant.device_id(n), "temp_c", T0, 80.5 + i) for i, n in enumerate(names)],
+                  [Point(plant.device_id(n), "temp_c", T0 + 1000, 70.0) for n in even],
+                  [Point(plant.device_id(n), "temp_c", T0 + 2000, 95.25) for n in even]):
+        pipeline.ingest.submit_blocking(batch, enterprise_id=plant.enterprise_id)
+    pipeline.alarms.drain(points_evaluated=expected)
+    events = pipeline.alarm_events(plant.enterprise_id)[before:]
+    with pipeline.database.session() as db:
+        alarms = {a.device_id: a for a in db.scalars(select(Alarm).where(Alarm.rule_id == rule))}
+        transitions = db.scalars(select(AlarmTransition).where(
+            AlarmTransition.alarm_id.in_([a.id for a in alarms.values()]))).all()
+    assert len(alarms) == 30 and len(transitions) == len(events) == 60
+    for i, name in enumerate(names):
+        alarm = alarms[plant.device_id(name)]
+        mine = [(e.data["transition"], e.data["state"], e.data["count"]) for e in events if e.data["id"] == alarm.id]
+        if name in even:
+            assert mine == [("alarm", "unacknowledged", 1), ("return_to_normal", "rtn_unacknowledged", 1),
+                            ("alarm", "unacknowledged", 2)]
+            assert (alarm.state, alarm.count, alarm.value) == ("unacknowledged", 2, 95.25)
+        else:
+            assert mine == [("alarm", "unacknowledged", 1)]
+            assert (alarm.state, alarm.count, alarm.value) == ("unacknowledged", 1, 80.5 + i)
+
+
+def test_acknowledgement_committed_while_the_alarm_writer_prepares_is_kept(pipeline: Pipeline, backend: str) -> None:
+    if backend == "postgres":
+        pytest.skip("PostgreSQL locks the open alarms (SELECT … FOR UPDATE): the acknowledgement waits instead")
+    from ecoplat.alarms import service
+    from ecoplat.alarms.engine import ConditionChange
+    from ecoplat.tenancy.auth import SYSTEM
+
+    plant = _plant(pipeline)
+    rule = _rule(pipeline, plant, kind="high", key="temp_c", params={"limit": 80})
+    _push(pipeline, plant, [(0, "temp_c", 85.0)])
+    with pipeline.database.session() as db:
+        alarm_id = db.scalar(select(Alarm.id).where(Alarm.rule_id == rule))
+        assert alarm_id is not None
+    clear = ConditionChange(rule_id=rule, device_id=plant.device_id("E-101"), enterprise_id=plant.enterprise_id,
+                            active=False, at=T0 + 1000, value=70.0, limit=80.0, priority=3, message="", key="temp_c",
+                            kind="high")
+    events_before = len(pipeline.alarm_events(plant.enterprise_id))
+    with pipeline.database.session() as db:
+
+        def operator_acknowledges_then_lock() -> None:
+            # The writer has read the alarm unacknowledged; the operator's ack commits just now.
+            with pipeline.database.session() as other:
+                service.publish_after_commit(other, pipeline.events.publish)
+                service.acknowledge(other, actor=SYSTEM, alarm_id=alarm_id, note="seen")
+            db.connection().exec_driver_sql("BEGIN IMMEDIATE")
+
+        service.publish_after_commit(db, pipeline.events.publish)
+        service.apply_condition_changes(db, [clear], lock=operator_acknowledges_then_lock)
+    history = _seq(_history(pipeline, rule))
+    assert [(action, state) for action, state, _ in history] == [
+        ("alarm", "unacknowledged"), ("acknowledge", "acknowledged"), ("return_to_normal", "normal")]
+    assert history[-1][2] == 1000
+    events = pipeline.alarm_events(plant.enterprise_id)[events_before:]
+    assert [(e.data["transition"], e.data["state"], e.data["acked"]) for e in events] == [
+        ("acknowledge", "acknowledged", True), ("return_to_normal", "normal", True)]

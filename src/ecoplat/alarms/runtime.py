@@ -13,6 +13,14 @@ The ingest writer thread only hands the batch over, so rules never delay the nex
 (nor the QoS 1 acknowledgements that wait for it); database work stays off the evaluator, so an
 alarm burst never delays evaluation. A ticker feeds the engine the wall clock for stale
 data and delays that expire while a device is silent, and expires shelving.
+
+An alarm event is published only once the transaction holding its alarm row has committed: what
+an operator is shown is on record. The live console re-reads its rows from the database on each
+event and acknowledgements address the row by id, so an event ahead of its row would show
+nothing (or answer 404); and an annunciation kept only in memory would be lost silently with
+the process. The commit therefore sits in the publish → alarm event path and is kept short: the
+alarm writer plans outside SQLite's write lock and holds it for a handful of statements (see
+service.apply_condition_changes), which the ingest writer would otherwise wait for.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from ecoplat.alarms import service
 from ecoplat.alarms.engine import ConditionChange, DeviceInfo, RuleEngine, RuleError
@@ -41,6 +50,10 @@ from ecoplat.telemetry.points import Point
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 1.0
+# The alarm writer's wait for SQLite's write lock: polled this often, given up after (as the
+# busy timeout every connection has).
+LOCK_POLL_S = 0.0005
+LOCK_TIMEOUT_S = 30.0
 
 
 class AlarmRuntime:
@@ -221,7 +234,7 @@ class AlarmRuntime:
             try:
                 with self.database.session() as db:
                     service.publish_after_commit(db, self.events.publish)
-                    service.apply_condition_changes(db, changes)
+                    service.apply_condition_changes(db, changes, lock=lambda db=db: self._take_write_lock(db))
                 self.changes_written += len(changes)
                 self.dispatcher.wake()
                 return True
@@ -230,6 +243,32 @@ class AlarmRuntime:
                 time.sleep(0.05 * (attempt + 1))
         self.write_failures += 1
         return False
+
+    def _take_write_lock(self, db: Any) -> None:
+        """On SQLite, takes the database's write lock for the alarm write; the open alarms are
+        checked under it, so no operator action commits between that check and the write
+        (PostgreSQL gets the same from SELECT … FOR UPDATE).
+
+        The lock is polled every half millisecond rather than left to SQLite's busy handler,
+        which sleeps 1, 2, 5, 10 … 100 ms between tries: the ingest writer holds the lock for a
+        few to tens of milliseconds per batch and takes it again soon after, and each of those
+        sleeps could overshoot the gap by as much as it lasted."""
+        if not self.database.is_sqlite:
+            return
+        conn = db.connection()
+        conn.exec_driver_sql("PRAGMA busy_timeout = 0")
+        try:
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            while True:
+                try:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    return
+                except OperationalError as e:
+                    if "locked" not in str(e) or time.monotonic() > deadline:
+                        raise
+                time.sleep(LOCK_POLL_S)
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
 
     def _expire(self) -> None:
         try:

@@ -7,12 +7,15 @@ events for the bus are collected on the session and published only after it comm
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
-from sqlalchemy import event, func, select
+import orjson
+from sqlalchemy import bindparam, event, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from ecoplat.alarms import kpis as kpi_math
@@ -69,7 +72,7 @@ def publish_after_commit(db: Session, publish: Callable[[str, dict[str, Any]], N
 
     def _after_commit(session: Session) -> None:
         for topic, data in session.info.pop(PENDING_EVENTS, []):
-            publish(topic, data)
+            publish(topic, data() if callable(data) else data)
 
     def _after_rollback(session: Session, _previous: Any) -> None:
         session.info.pop(PENDING_EVENTS, None)
@@ -80,7 +83,8 @@ def publish_after_commit(db: Session, publish: Callable[[str, dict[str, Any]], N
         event.listen(db, "after_soft_rollback", _after_rollback)
 
 
-def _queue_event(db: Session, topic: str, data: dict[str, Any]) -> None:
+def _queue_event(db: Session, topic: str, data: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
+    """Queues an event for after the commit; given a function, it builds the data then."""
     db.info.setdefault(PENDING_EVENTS, []).append((topic, data))
 
 
@@ -365,24 +369,32 @@ def status_of(alarm: Alarm) -> sm.AlarmStatus:
 
 def _apply(db: Session, alarm: Alarm, new: sm.AlarmStatus, t: sm.Transition | None,
            value: Any = None, channels: Sequence[NotificationChannel] | None = None) -> None:
+    _set_status(alarm, new, t)
+    if t is None:
+        return
+    if channels is None:
+        channels = enabled_channels(db, [alarm.enterprise_id]).get(alarm.enterprise_id, [])
+    _record(db, alarm, t, alarm_event(alarm, t.action), value, channels)
+
+
+def _set_status(alarm: Alarm, new: sm.AlarmStatus, t: sm.Transition | None) -> None:
     alarm.active = new.active
     alarm.acked = new.acked
     alarm.state = new.state.value
     alarm.shelved_until = from_ms(new.shelved_until) if new.shelved_until is not None else None
     if new.mode != sm.Mode.shelved:
         alarm.shelved_by = None
-    if t is None:
-        return
-    at = from_ms(t.at)
-    if new.state == sm.AlarmState.normal:
-        alarm.closed_at = at
+    if t is not None and new.state == sm.AlarmState.normal:
+        alarm.closed_at = from_ms(t.at)
+
+
+def _record(db: Session, alarm: Alarm, t: sm.Transition, data: dict[str, Any], value: Any,
+            channels: Sequence[NotificationChannel]) -> None:
+    """The transition row, the alarm event (published after commit) and the outbox rows."""
     db.add(AlarmTransition(alarm_id=alarm.id, enterprise_id=alarm.enterprise_id, action=t.action,
-                           from_state=t.from_state.value, to_state=t.to_state.value, at=at,
+                           from_state=t.from_state.value, to_state=t.to_state.value, at=from_ms(t.at),
                            user_id=t.by, note=t.note[:1000], value=_json_value(value)))
-    data = alarm_event(alarm, t.action)
     _queue_event(db, f"alarm.{alarm.enterprise_id}", data)
-    if channels is None:
-        channels = enabled_channels(db, [alarm.enterprise_id]).get(alarm.enterprise_id, [])
     for ch in channels:
         if t.action in (ch.actions or []) and alarm.priority <= ch.max_priority:
             db.add(OutboxMessage(enterprise_id=alarm.enterprise_id, channel_id=ch.id, alarm_id=alarm.id,
@@ -493,19 +505,92 @@ def add_comment(db: Session, *, actor: Principal, alarm_id: int, text: str, ip: 
 # the platform's side: condition changes from the engine, shelve expiry
 
 
-def apply_condition_changes(db: Session, changes: Sequence[ConditionChange]) -> list[Alarm]:
-    """Writes the alarms and transitions of a batch of condition changes (one transaction, the
-    caller commits). A re-trigger of an open alarm updates it instead of opening a second one."""
-    touched: list[Alarm] = []
-    channels = enabled_channels(db, (c.enterprise_id for c in changes))
-    open_alarms: dict[tuple[int, int], Alarm] = {}
+_EVENT_FIELDS = tuple(AlarmOut.model_fields)
+# What a condition change may change on an open alarm (written by one UPDATE per alarm).
+_MUTABLE = ("state", "active", "acked", "shelved_until", "shelved_by", "closed_at", "count", "last_triggered_at",
+            "value", "message", "priority", "cleared_at", "updated_at")
+_ALARM_COLUMNS = tuple(c.key for c in Alarm.__table__.columns)
+# Rows per multi-row INSERT: SQLite binds at most 32,766 parameters in one statement.
+_INSERT_CHUNK = 500
+
+
+def _event_data(snapshot: dict[str, Any], action: str) -> dict[str, Any]:
+    data = AlarmOut.model_validate(snapshot).model_dump(mode="json")
+    data["transition"] = action
+    return data
+
+
+@dataclass
+class _Plan:
+    """The rows and events a batch of condition changes makes, computed from the open alarms as
+    read (`seen`: id → updated_at, and on SQLite the largest alarm id the new ids follow)."""
+
+    seen: dict[int, datetime]
+    max_id: int | None
+    touched: list[Alarm]
+    new_rows: list[dict[str, Any]]
+    updates: list[dict[str, Any]]
+    transitions: list[dict[str, Any]]
+    outbox: list[dict[str, Any]]
+    events: list[tuple[str, dict[str, Any] | Callable[[], dict[str, Any]]]]
+
+
+def _open_alarms_stmt(columns: Any, pairs: set[tuple[int, int]]) -> Any:
+    return select(*columns).where(Alarm.rule_id.in_({r for r, _ in pairs}),
+                                  Alarm.device_id.in_({d for _, d in pairs}), Alarm.closed_at.is_(None))
+
+
+def _is_postgres(db: Session) -> bool:
+    return db.get_bind().dialect.name == "postgresql"
+
+
+def _max_alarm_id(db: Session) -> int:
+    return db.scalar(select(func.max(Alarm.id))) or 0
+
+
+def _plan(db: Session, changes: Sequence[ConditionChange], channels: dict[int, list[NotificationChannel]],
+          existing_rules: set[int]) -> _Plan:
+    """Runs the changes through the ISA-18.2 state machine; writes nothing. The alarms it reads
+    leave the session again: the plan's rows are written by Core statements."""
     pairs = {(c.rule_id, c.device_id) for c in changes}
-    rule_ids = {r for r, _ in pairs}
-    existing_rules = set(db.scalars(select(AlarmRule.id).where(AlarmRule.id.in_(rule_ids))))
-    stmt = select(Alarm).where(Alarm.rule_id.in_(rule_ids), Alarm.closed_at.is_(None))
-    for alarm in db.scalars(stmt.with_for_update()):
+    open_alarms: dict[tuple[int, int], Alarm] = {}
+    seen: dict[int, datetime] = {}
+    for alarm in db.scalars(_open_alarms_stmt([Alarm], pairs).with_for_update()):
+        seen[alarm.id] = alarm.updated_at
         if (alarm.rule_id, alarm.device_id) in pairs:
             open_alarms[(alarm.rule_id or 0, alarm.device_id)] = alarm
+    loaded = list(open_alarms.values())
+    postgres = _is_postgres(db)
+    max_id = None if postgres else _max_alarm_id(db)
+    next_id = (max_id or 0) + 1
+    pool: list[int] = []
+    opening = sum(1 for c in changes if c.active and (c.rule_id, c.device_id) not in open_alarms)
+
+    def new_id() -> int:
+        # Ids known before the INSERT: one multi-row INSERT then needs no RETURNING (SQLite does
+        # not promise RETURNING rows in VALUES order, so the ORM would insert row by row).
+        nonlocal next_id
+        if postgres:
+            if not pool:
+                pool.extend(db.scalars(
+                    text("SELECT nextval(pg_get_serial_sequence('alarms', 'id')) FROM generate_series(1, :n)"),
+                    {"n": max(1, opening)}))
+            return pool.pop()
+        next_id += 1
+        return next_id - 1
+
+    touched: list[Alarm] = []
+    new_alarms: list[Alarm] = []
+    # Each transition keeps the alarm as it was then (raised and cleared in one batch: both).
+    records: list[tuple[Alarm, sm.Transition, dict[str, Any], Any, Sequence[NotificationChannel]]] = []
+
+    def step(alarm: Alarm, new: sm.AlarmStatus, t: sm.Transition | None, value: Any,
+             chans: Sequence[NotificationChannel]) -> None:
+        _set_status(alarm, new, t)
+        if t is not None:
+            records.append((alarm, t, {f: getattr(alarm, f) for f in _EVENT_FIELDS}, value, chans))
+
+    now = utcnow()
     for c in changes:
         if c.rule_id not in existing_rules:
             continue  # the rule was deleted while its points were in flight
@@ -515,13 +600,13 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange]) -> 
         if c.suppression is not None:
             # Suppression by design starts or ends (the rule's suppress_when changed).
             if alarm is not None:
-                step = sm.suppress if c.suppression else sm.unsuppress
+                transition = sm.suppress if c.suppression else sm.unsuppress
                 try:
-                    new, t = step(status_of(alarm), c.at, None, "suppressed by design" if c.suppression
-                                  else "suppression by design ended")
+                    new, t = transition(status_of(alarm), c.at, None, "suppressed by design" if c.suppression
+                                        else "suppression by design ended")
                 except sm.InvalidTransition:
                     continue
-                _apply(db, alarm, new, t, value=c.value, channels=channels.get(c.enterprise_id, []))
+                step(alarm, new, t, c.value, channels.get(c.enterprise_id, []))
                 if alarm.closed_at is not None:
                     open_alarms.pop(key, None)
                 touched.append(alarm)
@@ -529,18 +614,19 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange]) -> 
         if alarm is None:
             if not c.active:
                 continue  # a clear with nothing open (e.g. after the alarm was closed by hand)
-            alarm = Alarm(enterprise_id=c.enterprise_id, rule_id=c.rule_id, device_id=c.device_id,
-                          site_id=c.site_id, key=c.key[:200], kind=c.kind, state=sm.AlarmState.normal.value,
-                          active=False, acked=True, priority=c.priority, message=c.message[:1000],
-                          value=_json_value(c.value), limit=c.limit, count=0, first_triggered_at=at,
-                          last_triggered_at=at)
-            db.add(alarm)
-            db.flush()
+            alarm = Alarm(id=new_id(), enterprise_id=c.enterprise_id, rule_id=c.rule_id,
+                          device_id=c.device_id, site_id=c.site_id, key=c.key[:200], kind=c.kind,
+                          state=sm.AlarmState.normal.value, active=False, acked=True, priority=c.priority,
+                          message=c.message[:1000], value=_json_value(c.value), limit=c.limit, count=0,
+                          first_triggered_at=at, last_triggered_at=at, cleared_at=None, acked_at=None,
+                          acked_by=None, shelved_until=None, shelved_by=None, shelve_reason="",
+                          closed_at=None, created_at=now, updated_at=now)
+            new_alarms.append(alarm)
             open_alarms[key] = alarm
             if c.suppressed:
                 # Sounds while suppressed by design: on the record, never annunciated.
                 new, t = sm.suppress(status_of(alarm), c.at, None, "suppressed by design")
-                _apply(db, alarm, new, t, value=c.value, channels=[])
+                step(alarm, new, t, c.value, [])
         new, t = sm.condition(status_of(alarm), c.active, c.at)
         if c.active:
             alarm.count = (alarm.count or 0) + 1
@@ -550,12 +636,140 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange]) -> 
             alarm.priority = c.priority
         else:
             alarm.cleared_at = at
-        _apply(db, alarm, new, t, value=c.value, channels=channels.get(c.enterprise_id, []))
+        step(alarm, new, t, c.value, channels.get(c.enterprise_id, []))
         if alarm.closed_at is not None:
             open_alarms.pop(key, None)
         touched.append(alarm)
-    db.flush()
-    return touched
+
+    fresh = {id(a) for a in new_alarms}
+    changed = {id(a): a for a in touched if id(a) not in fresh}
+    updates = []
+    for alarm in changed.values():
+        alarm.updated_at = now
+        updates.append({"b_id": alarm.id} | {f"b_{k}": getattr(alarm, k) for k in _MUTABLE})
+    new_rows = [{k: getattr(a, k) for k in _ALARM_COLUMNS} for a in new_alarms]
+    transitions: list[dict[str, Any]] = []
+    outbox: list[dict[str, Any]] = []
+    events: list[tuple[str, dict[str, Any] | Callable[[], dict[str, Any]]]] = []
+    for alarm, t, snapshot, value, chans in records:
+        transitions.append({"alarm_id": alarm.id, "enterprise_id": alarm.enterprise_id, "action": t.action,
+                            "from_state": t.from_state.value, "to_state": t.to_state.value, "at": from_ms(t.at),
+                            "user_id": t.by, "note": t.note[:1000], "value": _json_value(value)})
+        topic = f"alarm.{alarm.enterprise_id}"
+        notify = [ch for ch in chans if t.action in (ch.actions or []) and alarm.priority <= ch.max_priority]
+        if not notify:
+            events.append((topic, partial(_event_data, snapshot, t.action)))  # built after the commit
+            continue
+        data = _event_data(snapshot, t.action)
+        events.append((topic, data))
+        outbox.extend({"enterprise_id": alarm.enterprise_id, "channel_id": ch.id, "alarm_id": alarm.id,
+                       "event": data, "status": "pending", "attempts": 0, "next_attempt_at": now,
+                       "last_error": "", "created_at": now, "sent_at": None} for ch in notify)
+    # The ORM must not write these again at the commit; the caller gets them as written.
+    for alarm in loaded:
+        db.expunge(alarm)
+    return _Plan(seen, max_id, touched, new_rows, updates, transitions, outbox, events)
+
+
+def _insert_rows(db: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+    for i in range(0, len(rows), _INSERT_CHUNK):
+        db.execute(insert(table).values(rows[i:i + _INSERT_CHUNK]))
+
+
+_UPDATE_ALARM = (update(Alarm.__table__).where(Alarm.__table__.c.id == bindparam("b_id"))
+                 .values({k: bindparam(f"b_{k}") for k in _MUTABLE}))
+
+
+def _json_payload(table: Any, columns: Sequence[str], rows: list[dict[str, Any]], dialect: Any) -> str | None:
+    """The rows as one JSON array of arrays, each value as SQLAlchemy would bind it (dates as
+    text, JSON columns as JSON text); None when a value has no JSON form (a non-finite float)."""
+    procs = [table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in columns]
+    out = []
+    for row in rows:
+        values = []
+        for k, proc in zip(columns, procs, strict=True):
+            v = row[k]
+            if proc is not None:
+                v = proc(v)
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            values.append(v)
+        out.append(values)
+    return orjson.dumps(out).decode()
+
+
+def _sqlite_writes(db: Session, plan: _Plan) -> list[tuple[str, str]] | None:
+    """SQLite: the plan as one statement per table over a JSON array (json_each), built before
+    the write lock is taken. Row by row (executemany) every row's step gives up the GIL and waits
+    to get it back, and a multi-row VALUES statement is compiled afresh for every row count;
+    the telemetry store writes its batches the same way."""
+    dialect = db.get_bind().dialect
+    out: list[tuple[str, str]] = []
+    for table, rows in ((Alarm.__table__, plan.new_rows), (AlarmTransition.__table__, plan.transitions),
+                        (OutboxMessage.__table__, plan.outbox)):
+        if not rows:
+            continue
+        columns = list(rows[0])
+        payload = _json_payload(table, columns, rows, dialect)
+        if payload is None:
+            return None
+        names = ", ".join(f'"{c}"' for c in columns)
+        picks = ", ".join(f"value->>{i}" for i in range(len(columns)))
+        out.append((f"INSERT INTO {table.name} ({names}) SELECT {picks} FROM json_each(?)", payload))
+    if plan.updates:
+        columns = ["id", *_MUTABLE]
+        rows = [{"id": u["b_id"]} | {k: u[f"b_{k}"] for k in _MUTABLE} for u in plan.updates]
+        payload = _json_payload(Alarm.__table__, columns, rows, dialect)
+        if payload is None:
+            return None
+        sets = ", ".join(f'"{k}" = j.value->>{i + 1}' for i, k in enumerate(_MUTABLE))
+        out.append((f"UPDATE alarms SET {sets} FROM json_each(?) AS j WHERE alarms.id = j.value->>0", payload))
+    return out
+
+
+def _write_plan(db: Session, plan: _Plan, prepared: list[tuple[str, str]] | None) -> None:
+    if prepared is not None:
+        conn = db.connection()
+        for sql, payload in prepared:
+            conn.exec_driver_sql(sql, (payload,))
+    else:
+        _insert_rows(db, Alarm.__table__, plan.new_rows)
+        if plan.updates:
+            db.execute(_UPDATE_ALARM, plan.updates)
+        _insert_rows(db, AlarmTransition.__table__, plan.transitions)
+        _insert_rows(db, OutboxMessage.__table__, plan.outbox)
+    for topic, data in plan.events:
+        _queue_event(db, topic, data)
+
+
+def apply_condition_changes(db: Session, changes: Sequence[ConditionChange], *,
+                            lock: Callable[[], None] | None = None) -> list[Alarm]:
+    """Writes the alarms and transitions of a batch of condition changes (one transaction, the
+    caller commits). A re-trigger of an open alarm updates it instead of opening a second one.
+
+    `lock` is the caller's way to take SQLite's write lock (BEGIN IMMEDIATE). Everything that
+    can happen before it does: the reads and the state machine run first, then the lock is
+    taken, the open alarms are checked to be the ones planned from (same ids, same updated_at,
+    no new alarm since) and the plan goes in as a handful of statements, whatever the batch
+    size. Holding SQLite's only write lock holds up the ingest writer, and in a busy process
+    every Python step and every statement waits for the GIL. When an operator action or
+    another writer got in between, the plan is made again under the lock. A rule or channel
+    deleted meanwhile fails the write on its foreign key; the caller retries."""
+    channels = enabled_channels(db, (c.enterprise_id for c in changes))
+    rule_ids = {c.rule_id for c in changes}
+    existing_rules = set(db.scalars(select(AlarmRule.id).where(AlarmRule.id.in_(rule_ids))))
+    sqlite = not _is_postgres(db)
+    plan = _plan(db, changes, channels, existing_rules)
+    prepared = _sqlite_writes(db, plan) if sqlite else None
+    if lock is not None:
+        lock()
+        pairs = {(c.rule_id, c.device_id) for c in changes}
+        now_open = dict(db.execute(_open_alarms_stmt([Alarm.id, Alarm.updated_at], pairs)).tuples().all())
+        if now_open != plan.seen or (plan.max_id is not None and _max_alarm_id(db) != plan.max_id):
+            plan = _plan(db, changes, channels, existing_rules)
+            prepared = _sqlite_writes(db, plan) if sqlite else None
+    _write_plan(db, plan, prepared)
+    return plan.touched
 
 
 def expire_shelving(db: Session, *, now: datetime | None = None) -> int:
