@@ -234,7 +234,8 @@ class AlarmRuntime:
             try:
                 with self.database.session() as db:
                     service.publish_after_commit(db, self.events.publish)
-                    service.apply_condition_changes(db, changes, lock=lambda db=db: self._take_write_lock(db))
+                    lock = (lambda db=db: self._take_write_lock(db)) if self.database.is_sqlite else None
+                    service.apply_condition_changes(db, changes, lock=lock)
                 self.changes_written += len(changes)
                 self.dispatcher.wake()
                 return True

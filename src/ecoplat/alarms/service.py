@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, event, func, insert, select, text, update
+from sqlalchemy import and_, bindparam, event, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ecoplat.alarms import kpis as kpi_math
@@ -764,8 +764,12 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange], *,
     if lock is not None:
         lock()
         pairs = {(c.rule_id, c.device_id) for c in changes}
-        now_open = dict(db.execute(_open_alarms_stmt([Alarm.id, Alarm.updated_at], pairs)).tuples().all())
-        if now_open != plan.seen or (plan.max_id is not None and _max_alarm_id(db) != plan.max_id):
+        # One statement: the open alarms planned from, and any alarm opened since (id > max_id).
+        planned = and_(Alarm.rule_id.in_({r for r, _ in pairs}), Alarm.device_id.in_({d for _, d in pairs}),
+                       Alarm.closed_at.is_(None))
+        check = select(Alarm.id, Alarm.updated_at).where(
+            planned if plan.max_id is None else or_(planned, Alarm.id > plan.max_id))
+        if dict(db.execute(check).tuples().all()) != plan.seen:
             plan = _plan(db, changes, channels, existing_rules)
             prepared = _sqlite_writes(db, plan) if sqlite else None
     _write_plan(db, plan, prepared)
