@@ -56,6 +56,9 @@ class QoS1Stream:
         # client.publish() would deadlock against paho's own callback lock.
         self._acked_mids: set[int] = set()
         self._mid_ts: dict[int, int] = {}
+        # paho's thread adds acks while the test thread reads them (a GC callback can switch
+        # threads in the middle of copying a dict or a set).
+        self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"stream-{secrets.token_hex(4)}",
                                   clean_session=False)
         if token:
@@ -68,7 +71,8 @@ class QoS1Stream:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any = None, _p: Any = None) -> None:
-        self._acked_mids.add(mid)
+        with self._lock:
+            self._acked_mids.add(mid)
 
     def start(self) -> None:
         self._thread.start()
@@ -79,15 +83,16 @@ class QoS1Stream:
             ts = self.base_ts + i
             info = self.client.publish(self.topic, orjson.dumps({"ts": ts, "values": {"current_ka": i / 8}}),
                                        qos=1)
-            self._mid_ts[info.mid] = ts
+            with self._lock:
+                self._mid_ts[info.mid] = ts
             self.published = i + 1
             delay = start + (i + 1) / RATE_PER_S - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
 
     def acked_snapshot(self) -> set[int]:
-        mids = set(self._acked_mids)
-        return {ts for mid, ts in list(self._mid_ts.items()) if mid in mids}
+        with self._lock:
+            return {ts for mid, ts in self._mid_ts.items() if mid in self._acked_mids}
 
     def stop(self) -> None:
         self.client.disconnect()
