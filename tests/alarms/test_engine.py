@@ -12,7 +12,7 @@ from ecoplat.alarms.engine import (
     compile_expression,
     compile_rule,
 )
-from ecoplat.telemetry.points import Point
+from ecoplat.telemetry.points import Frames, Point
 
 DEV = DeviceInfo(id=7, enterprise_id=1, profile_id=3, name="E-101")
 
@@ -200,3 +200,19 @@ def test_suppression_by_design_follows_the_plant_state() -> None:
            Point(7, "t", 2, 70.0), Point(7, "running", 3, True)]
     got = [(c.active, c.at, c.suppression, c.suppressed) for c in e.evaluate(pts)]
     assert got == [(True, 0, None, False), (True, 1, True, True), (False, 2, None, True), (False, 3, False, False)]
+
+
+def test_a_gateway_batch_of_frames_raises_what_the_same_points_raise() -> None:
+    """Gateway telemetry reaches the engine as frames, mostly of devices without rules; the
+    alarms must be exactly those of the same values as Points."""
+    def frames(step: int) -> list[tuple[int, int, dict[str, object]]]:
+        return [(dev, 1000 * step, {"t": 70 + 5 * step + dev, "p": 1.0}) for dev in (5, 6, 7, 8)]
+
+    as_frames, as_points = engine_with(kind="high", key="t", params={"limit": 80}), \
+        engine_with(kind="high", key="t", params={"limit": 80})
+    got, want = [], []
+    for step in range(4):
+        got += [(c.device_id, c.active, c.at) for c in as_frames.evaluate(Frames(frames(step)))]
+        want += [(c.device_id, c.active, c.at) for c in as_points.evaluate(
+            [Point(d, k, ts, v) for d, ts, values in frames(step) for k, v in values.items()])]  # type: ignore[arg-type]
+    assert got == want == [(7, True, 1000)]

@@ -24,7 +24,7 @@ from typing import Any
 
 from simpleeval import SimpleEval
 
-from ecoplat.telemetry.points import Point, Value
+from ecoplat.telemetry.points import Frames, Point, Value, points_of
 
 
 class RuleKind(StrEnum):
@@ -450,6 +450,7 @@ class RuleEngine:
         self._multi_keys: dict[int, set[str]] = {}  # device → keys to remember
         self._carry: dict[tuple[int, int], tuple[Any, ...]] = {}  # state kept across a rebind
         self._suppress_index: dict[tuple[int, str], list[Binding]] = {}  # keys of suppress_when
+        self._bound: dict[int, int] = {}  # device → how many rules are bound to it
         for spec in rules:
             if spec.enabled:
                 self._rules[spec.id] = compile_rule(spec)
@@ -548,6 +549,8 @@ class RuleEngine:
         if carried is not None:
             (binding.active, binding.raw_active, binding.pending_since, binding.clear_since, binding.last_ts,
              binding.last_value) = carried
+        if (rule.spec.id, info.id) not in self._bindings:
+            self._bound[info.id] = self._bound.get(info.id, 0) + 1
         self._bindings[(rule.spec.id, info.id)] = binding
         for key in rule.keys:
             self._index.setdefault((info.id, key), []).append(binding)
@@ -564,6 +567,11 @@ class RuleEngine:
 
     def _unbind(self, key: tuple[int, int]) -> None:
         binding = self._bindings.pop(key)
+        left = self._bound.get(key[1], 0) - 1
+        if left > 0:
+            self._bound[key[1]] = left
+        else:
+            self._bound.pop(key[1], None)
         for k in binding.rule.keys:
             lst = self._index.get((binding.device.id, k))
             if lst is not None:
@@ -607,13 +615,18 @@ class RuleEngine:
         out: list[ConditionChange] = []
         index = self._index
         devices = self._devices
+        bound = self._bound
         multi = self._multi_keys
         deferred: dict[int, tuple[int, dict[int, Binding], Value]] = {}
         with self._lock:
+            if type(points) is Frames:
+                points = self._bound_points(points)
             for p in points:
                 dev = p.device_id
                 if dev not in devices:
                     self._known(dev)
+                if dev not in bound:
+                    continue
                 bindings = index.get((dev, p.key))
                 suppressing = self._suppress_index.get((dev, p.key)) if self._suppress_index else None
                 if not bindings and not suppressing:
@@ -647,6 +660,17 @@ class RuleEngine:
                     self._apply_delays(b, raw, p.ts, b.last_value, out)
             for dev, entry in deferred.items():
                 self._flush_expressions(dev, entry, out)
+        return out
+
+    def _bound_points(self, frames: Frames) -> list[Point]:
+        """The Points of the frames whose device has rules (a gateway batch is mostly others')."""
+        devices, bound = self._devices, self._bound
+        out: list[Point] = []
+        for dev, ts, values in frames.frames:
+            if dev not in devices:
+                self._known(dev)
+            if dev in bound:
+                out += points_of(dev, ts, values)
         return out
 
     def _evaluate_suppression(self, b: Binding, p: Point, out: list[ConditionChange]) -> None:
