@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+import orjson
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from ecoplat.connect.models import (
@@ -68,6 +69,17 @@ INVALIDATION_GRACE_S = 5.0
 
 
 _device_of = operator.itemgetter(0)  # Point.device_id, read in C
+
+# Device status counters, one statement per flush: [[id, activity, messages, points], ...].
+_STATUS_SQL = {
+    False: ("UPDATE devices SET last_seen_at = :seen, last_activity = j.value ->> 1, "
+            "messages_total = messages_total + (j.value ->> 2), points_total = points_total + (j.value ->> 3) "
+            "FROM json_each(:rows) AS j WHERE devices.id = j.value ->> 0"),
+    True: ("UPDATE devices SET last_seen_at = :seen, last_activity = j.value ->> 1, "
+           "messages_total = messages_total + (j.value ->> 2)::bigint, "
+           "points_total = points_total + (j.value ->> 3)::bigint "
+           "FROM json_array_elements(CAST(:rows AS json)) AS j(value) WHERE devices.id = (j.value ->> 0)::int"),
+}
 
 
 def _points_per_device(points: Sequence[Point]) -> dict[int, int]:
@@ -329,10 +341,8 @@ class IngestPipeline:
             return
         self.stats.points_written += total
         self.stats.batches_written += 1
-        try:
-            self._update_status(points_of, messages_of)
-        except Exception:
-            log.exception("updating device status counters failed (the points are stored)")
+        # Durable: acknowledge and hand to the rule engine first; the status counters are a
+        # transaction of their own and would otherwise sit between the write and the alarms.
         self._finish(batch, total, error=None)
         for listener in list(self._listeners):
             try:
@@ -351,6 +361,10 @@ class IngestPipeline:
                 presence[device_id] = (ent, seen_at)
         for device_id, ent in came_online:
             publish(f"device.{ent}.{device_id}", {"device_id": device_id, "status": "online", "ts": now_ms()})
+        try:
+            self._update_status(points_of, messages_of)
+        except Exception:
+            log.exception("updating device status counters failed (the points are stored)")
 
     def _live_values(self, points: Sequence[Point], enterprise_of: Mapping[int, int]
                      ) -> dict[tuple[int, int], dict[str, Any]]:
@@ -471,15 +485,15 @@ class IngestPipeline:
                     self._pending_points[d] = self._pending_points.get(d, 0) + points.get(d, 0)
 
     def _execute_status(self, rows: list[dict[str, Any]]) -> None:
+        """One UPDATE over a JSON array of every touched device (an executemany gives up the GIL
+        and waits for it again per row, all of it holding SQLite's write lock)."""
         if not rows:
             return
-        stmt = (update(Device.__table__)
-                .where(Device.__table__.c.id == bindparam("b_id"))
-                .values(last_seen_at=bindparam("b_seen"), last_activity=bindparam("b_activity"),
-                        messages_total=Device.__table__.c.messages_total + bindparam("b_messages"),
-                        points_total=Device.__table__.c.points_total + bindparam("b_points")))
+        data = orjson.dumps([[r["b_id"], r["b_activity"], r["b_messages"], r["b_points"]] for r in rows]).decode()
+        seen = bindparam("seen", rows[0]["b_seen"], type_=Device.__table__.c.last_seen_at.type)
         with self.database.engine.begin() as conn:
-            conn.execute(stmt, rows)
+            sql = _STATUS_SQL[conn.dialect.name == "postgresql"]
+            conn.execute(text(sql).bindparams(seen), {"rows": data})
 
     def note_activity(self, device_id: int, activity: str, *, messages: int = 1) -> None:
         """Marks a device seen for a message that carried no telemetry (attributes, connect, RPC);
