@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from tests.connect.conftest import seed
 
 from ecoplat.connect.models import Device
@@ -30,7 +30,15 @@ def test_live_chart_shows_history_and_values_arriving_over_sse(server):
             r = http.post(f"/api/v1/{token}/telemetry", json={"ts": now - (5 - i) * 1000,
                                                               "values": {"current_ka": 14.0 + i / 10}})
             assert r.status_code == 200
-        # quiet for an hour: the page opens showing the device offline
+        # The status counters are written just after the points are acknowledged: wait for
+        # them, then make the device quiet for an hour so the page opens showing it offline.
+        deadline = time.monotonic() + 10
+        while True:
+            with database.session() as s:
+                if s.scalar(select(Device.points_total).where(Device.id == device_id)) == 5:
+                    break
+            assert time.monotonic() < deadline, "device status counters not written"
+            time.sleep(0.02)
         with database.session() as s:
             s.execute(update(Device).where(Device.id == device_id)
                       .values(last_seen_at=datetime.now(UTC) - timedelta(hours=1)))
