@@ -160,6 +160,7 @@ class IngestPipeline:
         self._stopping = False
 
         self._token_cache: dict[str, DeviceRef] = {}
+        self._by_token: dict[str, DeviceRef] = {}  # raw token → ref, cleared with the cache above
         self._negative_cache: dict[str, float] = {}
         self._invalidated: dict[int, float] = {}
         self._children: dict[tuple[int, str], DeviceRef] = {}
@@ -592,8 +593,18 @@ class IngestPipeline:
     # ---- device identity ---------------------------------------------------------------------
 
     def cached_token(self, token: str) -> DeviceRef | None:
-        """The cached device for this token, without touching the database (None: not cached)."""
-        return self._token_cache.get(hash_token(token))
+        """The cached device for this token, without touching the database (None: not cached).
+        Tokens seen before skip the SHA-256 (a bridge looks one up per message)."""
+        ref = self._by_token.get(token)
+        if ref is not None:
+            return ref
+        ref = self._token_cache.get(hash_token(token))
+        if ref is not None:
+            with self._cache_lock:
+                if len(self._by_token) > 100_000:
+                    self._by_token.clear()
+                self._by_token[token] = ref
+        return ref
 
     def resolve_token(self, token: str) -> DeviceRef | None:
         """The device holding this access token, or None if no device has it. A revoked token
@@ -624,6 +635,7 @@ class IngestPipeline:
     def invalidate_device(self, device_id: int) -> None:
         """Forgets every cached token of the device (after rotation, revocation, claim, delete)."""
         with self._cache_lock:
+            self._by_token.clear()
             self._invalidated[device_id] = time.monotonic()
             for token_hash in [h for h, r in self._token_cache.items() if r.device_id == device_id]:
                 del self._token_cache[token_hash]
@@ -633,6 +645,7 @@ class IngestPipeline:
 
     def invalidate_token(self, token: str) -> None:
         with self._cache_lock:
+            self._by_token.pop(token, None)
             self._token_cache.pop(hash_token(token), None)
             self._negative_cache.pop(hash_token(token), None)
 

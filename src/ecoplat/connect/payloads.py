@@ -122,7 +122,7 @@ def _good_values(values: dict[str, Any], rejects: list[Reject]) -> dict[str, Val
     except (TypeError, OverflowError, ValueError):
         pass
     else:
-        if total - total == 0 and min(map(len, values)) > 0 and max(map(len, values)) <= MAX_KEY_LENGTH:
+        if total - total == 0 and "" not in values and max(map(len, values)) <= MAX_KEY_LENGTH:
             return values
     good: dict[str, Value] = {}
     for key, value in values.items():
