@@ -230,8 +230,12 @@ def test_a_burst_of_alarms_in_one_batch_is_on_record_exactly_as_announced(pipeli
 
 
 def test_acknowledgement_committed_while_the_alarm_writer_prepares_is_kept(pipeline: Pipeline, backend: str) -> None:
-    if backend == "postgres":
-        pytest.skip("PostgreSQL locks the open alarms (SELECT … FOR UPDATE): the acknowledgement waits instead")
+    """SQLite: the operator's ack commits between the writer's plan and its write lock, and the
+    writer plans again on top of it. PostgreSQL: the writer holds the open alarms (SELECT … FOR
+    UPDATE), so the ack waits for the writer's commit and applies on top of the return to normal.
+    Either way the acknowledgement is kept and the alarm ends closed."""
+    import threading
+
     from ecoplat.alarms import service
     from ecoplat.alarms.engine import ConditionChange
     from ecoplat.tenancy.auth import SYSTEM
@@ -248,19 +252,35 @@ def test_acknowledgement_committed_while_the_alarm_writer_prepares_is_kept(pipel
     events_before = len(pipeline.alarm_events(plant.enterprise_id))
     with pipeline.database.session() as db:
 
-        def operator_acknowledges_then_lock() -> None:
-            # The writer has read the alarm unacknowledged; the operator's ack commits just now.
+        def acknowledge() -> None:
             with pipeline.database.session() as other:
                 service.publish_after_commit(other, pipeline.events.publish)
                 service.acknowledge(other, actor=SYSTEM, alarm_id=alarm_id, note="seen")
-            db.connection().exec_driver_sql("BEGIN IMMEDIATE")
+
+        operator = threading.Thread(target=acknowledge)
+
+        def operator_acknowledges_then_lock() -> None:
+            # The writer has read the alarm unacknowledged; the operator acknowledges just now.
+            if backend == "postgres":
+                operator.start()
+                operator.join(0.5)  # blocked on the writer's row lock
+                assert operator.is_alive()
+            else:
+                acknowledge()
+                db.connection().exec_driver_sql("BEGIN IMMEDIATE")
 
         service.publish_after_commit(db, pipeline.events.publish)
         service.apply_condition_changes(db, [clear], lock=operator_acknowledges_then_lock)
+    if backend == "postgres":
+        operator.join(10)
+        expected = [("alarm", "unacknowledged"), ("return_to_normal", "rtn_unacknowledged"),
+                    ("acknowledge", "normal")]
+        expected_events = [("return_to_normal", "rtn_unacknowledged", False), ("acknowledge", "normal", True)]
+    else:
+        expected = [("alarm", "unacknowledged"), ("acknowledge", "acknowledged"), ("return_to_normal", "normal")]
+        expected_events = [("acknowledge", "acknowledged", True), ("return_to_normal", "normal", True)]
     history = _seq(_history(pipeline, rule))
-    assert [(action, state) for action, state, _ in history] == [
-        ("alarm", "unacknowledged"), ("acknowledge", "acknowledged"), ("return_to_normal", "normal")]
-    assert history[-1][2] == 1000
+    assert [(action, state) for action, state, _ in history] == expected
+    assert {action: t for action, _, t in history}["return_to_normal"] == 1000
     events = pipeline.alarm_events(plant.enterprise_id)[events_before:]
-    assert [(e.data["transition"], e.data["state"], e.data["acked"]) for e in events] == [
-        ("acknowledge", "acknowledged", True), ("return_to_normal", "normal", True)]
+    assert [(e.data["transition"], e.data["state"], e.data["acked"]) for e in events] == expected_events
