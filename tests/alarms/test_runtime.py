@@ -147,6 +147,17 @@ def test_alarm_event_reaches_the_bus_within_milliseconds_of_the_batch(pipeline: 
     assert elapsed_ms < 500  # generous for a loaded CI box; the benchmark measures the real p99
 
 
+def _sounding_high_alarm(pipeline: Pipeline) -> tuple[Any, int, int]:
+    """A plant whose E-101 has a high-limit rule on temp_c (80) and an alarm it raised at T0."""
+    plant = _plant(pipeline)
+    rule = _rule(pipeline, plant, kind="high", key="temp_c", params={"limit": 80})
+    _push(pipeline, plant, [(0, "temp_c", 85.0)])
+    with pipeline.database.session() as db:
+        alarm_id = db.scalar(select(Alarm.id).where(Alarm.rule_id == rule))
+    assert alarm_id is not None
+    return plant, rule, alarm_id
+
+
 def test_shelved_alarm_returns_at_expiry_in_the_state_its_condition_has(pipeline: Pipeline) -> None:
     from datetime import timedelta
 
@@ -155,12 +166,8 @@ def test_shelved_alarm_returns_at_expiry_in_the_state_its_condition_has(pipeline
     from ecoplat.db import utcnow
     from ecoplat.tenancy.auth import SYSTEM
 
-    plant = _plant(pipeline)
-    rule = _rule(pipeline, plant, kind="high", key="temp_c", params={"limit": 80})
-    _push(pipeline, plant, [(0, "temp_c", 85.0)])
+    plant, rule, alarm_id = _sounding_high_alarm(pipeline)
     with pipeline.database.session() as db:
-        alarm_id = db.scalar(select(Alarm.id).where(Alarm.rule_id == rule))
-        assert alarm_id is not None
         service.shelve(db, actor=SYSTEM, alarm_id=alarm_id, data=ShelveIn(minutes=10, reason="valve maintenance"))
     # Sounds again and clears while shelved: nothing for the operator, but tracked.
     _push(pipeline, plant, [(1000, "temp_c", 70.0), (2000, "temp_c", 90.0)])
@@ -240,12 +247,7 @@ def test_acknowledgement_committed_while_the_alarm_writer_prepares_is_kept(pipel
     from ecoplat.alarms.engine import ConditionChange
     from ecoplat.tenancy.auth import SYSTEM
 
-    plant = _plant(pipeline)
-    rule = _rule(pipeline, plant, kind="high", key="temp_c", params={"limit": 80})
-    _push(pipeline, plant, [(0, "temp_c", 85.0)])
-    with pipeline.database.session() as db:
-        alarm_id = db.scalar(select(Alarm.id).where(Alarm.rule_id == rule))
-        assert alarm_id is not None
+    plant, rule, alarm_id = _sounding_high_alarm(pipeline)
     clear = ConditionChange(rule_id=rule, device_id=plant.device_id("E-101"), enterprise_id=plant.enterprise_id,
                             active=False, at=T0 + 1000, value=70.0, limit=80.0, priority=3, message="", key="temp_c",
                             kind="high")

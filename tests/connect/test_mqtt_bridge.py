@@ -89,22 +89,22 @@ def test_mosquitto_pub_telemetry_is_stored_exactly_through_the_bridge(bridge: Br
                    "alarm": {"ts": ts, "value": False}}
 
 
+def _child_id(bridge: Bridge, gateway_id: int, name: str) -> int | None:
+    database = Database(bridge.http.app.state.settings.resolved_database_url)
+    try:
+        with database.session() as s:
+            return s.scalar(select(Device.id).where(Device.gateway_id == gateway_id, Device.name == name))
+    finally:
+        database.dispose()
+
+
 def test_gateway_payload_through_the_bridge_creates_children(bridge: Bridge) -> None:
     gw_id, gw_token = bridge.tenant.device("gw-1")
     ts = int(time.time() * 1000) - 1_000
     _mosquitto_pub(bridge.broker, f"v1/gateway/{gw_token}/telemetry",
                    orjson.dumps({"Chlorine detector 2": [{"ts": ts, "values": {"cl2_ppm": 0.4}}]}))
 
-    def child() -> int | None:
-        database = Database(bridge.http.app.state.settings.resolved_database_url)
-        try:
-            with database.session() as s:
-                return s.scalar(select(Device.id).where(Device.gateway_id == gw_id,
-                                                        Device.name == "Chlorine detector 2"))
-        finally:
-            database.dispose()
-
-    child_id = wait_until(child, message="child device created")
+    child_id = wait_until(lambda: _child_id(bridge, gw_id, "Chlorine detector 2"), message="child device created")
     assert wait_until(lambda: latest(bridge.http, bridge.tenant, child_id).get("cl2_ppm")) == {"ts": ts, "value": 0.4}
 
     # A known child now takes the fast path (parsed in the bridge's own thread): every value type
@@ -130,16 +130,7 @@ def test_gateway_payload_through_the_bridge_creates_children(bridge: Bridge) -> 
          "Chlorine detector 5": [{"ts": ts3, "values": {"cl2_ppm": 1.1}}]}))
     assert wait_until(lambda: latest(bridge.http, bridge.tenant, child_id)["cl2_ppm"]["ts"] == ts3 or None)
 
-    def second_child() -> int | None:
-        database = Database(bridge.http.app.state.settings.resolved_database_url)
-        try:
-            with database.session() as s:
-                return s.scalar(select(Device.id).where(Device.gateway_id == gw_id,
-                                                        Device.name == "Chlorine detector 5"))
-        finally:
-            database.dispose()
-
-    other = wait_until(second_child, message="second child created")
+    other = wait_until(lambda: _child_id(bridge, gw_id, "Chlorine detector 5"), message="second child created")
     assert wait_until(lambda: latest(bridge.http, bridge.tenant, other).get("cl2_ppm")) == {"ts": ts3, "value": 1.1}
 
 

@@ -56,20 +56,38 @@ def test_publish_properties_are_skipped_to_reach_the_payload() -> None:
     assert parse_publish(PUBLISH | 0x02, body) == ("a/b", b'{"x":1}', 1, 9)
 
 
+class Broker:
+    """A Mosquitto of the test's own on a free port, which the test may stop and start again."""
+
+    def __init__(self, conf: Path, port: int) -> None:
+        self.host, self.port, self.conf = "127.0.0.1", port, conf
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO_BIN, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_until(lambda: _root._port_open(self.host, self.port, 0.2), timeout=10, message="mosquitto up")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(5)
+            self.proc = None
+
+
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[tuple[str, int, Path]]:
+def broker(tmp_path: Path) -> Iterator[Broker]:
     if not Path(MOSQUITTO_BIN).exists():
         _root._unavailable(f"Debian's mosquitto binary at {MOSQUITTO_BIN}")
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(INGEST_MOSQUITTO_CONF.format(port=port))
-    yield "127.0.0.1", port, conf
-
-
-def _start(conf: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([MOSQUITTO_BIN, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: _root._port_open("127.0.0.1", port, 0.2), timeout=10, message="mosquitto up")
-    return proc
+    b = Broker(conf, port)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
 
 
 def _publish(port: int, topic: str, payloads: list[bytes]) -> None:
@@ -93,10 +111,8 @@ async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-u
         await asyncio.sleep(0.02)
 
 
-def test_unacknowledged_messages_come_again_after_a_reconnect_and_acknowledged_ones_do_not(
-        broker: tuple[str, int, Path]) -> None:
-    host, port, conf = broker
-    proc = _start(conf, port)
+def test_unacknowledged_messages_come_again_after_a_reconnect_and_acknowledged_ones_do_not(broker: Broker) -> None:
+    host, port = broker.host, broker.port
     client_id, group = f"c-{secrets.token_hex(3)}", f"g{secrets.token_hex(3)}"
 
     async def run() -> None:
@@ -123,19 +139,13 @@ def test_unacknowledged_messages_come_again_after_a_reconnect_and_acknowledged_o
         client.ack_many(again)
         await client.close()
 
-    try:
-        asyncio.run(run())
-    finally:
-        proc.terminate()
-        proc.wait(5)
+    asyncio.run(run())
 
 
-def test_the_client_reconnects_when_the_broker_restarts(broker: tuple[str, int, Path]) -> None:
-    host, port, conf = broker
-    proc = _start(conf, port)
+def test_the_client_reconnects_when_the_broker_restarts(broker: Broker) -> None:
+    host, port = broker.host, broker.port
 
     async def run() -> None:
-        nonlocal proc
         got: list[bytes] = []
         events: list[str] = []
         client = MqttClient(host=host, port=port, client_id=f"c-{secrets.token_hex(3)}",
@@ -148,18 +158,13 @@ def test_the_client_reconnects_when_the_broker_restarts(broker: tuple[str, int, 
         await asyncio.sleep(0.2)
         await asyncio.to_thread(_publish, port, "r/1", [b"before"])
         await _until(lambda: got == [b"before"])
-        proc.terminate()
-        proc.wait(5)
+        broker.stop()
         await _until(lambda: "down" in events)
-        proc = _start(conf, port)
+        broker.start()
         await _until(lambda: events.count("up") == 2, timeout=20)
         await asyncio.sleep(0.2)
         await asyncio.to_thread(_publish, port, "r/1", [b"after"])
         await _until(lambda: got == [b"before", b"after"])
         await client.close()
 
-    try:
-        asyncio.run(run())
-    finally:
-        proc.terminate()
-        proc.wait(5)
+    asyncio.run(run())
