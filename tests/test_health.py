@@ -55,6 +55,25 @@ def test_prometheus_metrics_are_served(client) -> None:  # type: ignore[no-untyp
     assert 'route="/api/health"' in r.text
 
 
+def test_requests_are_counted_per_route_template_and_status(client) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    def count(route: str, status: str) -> float:
+        text = client.get("/metrics").text
+        found = re.search(r'^ecoplat_http_requests_total\{method="GET",route="%s",status="%s"\} (\S+)$'
+                          % (re.escape(route), status), text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    before_401, before_404 = count("/api/enterprises/{enterprise_id}", "401"), count("unmatched", "404")
+    client.get("/api/enterprises/7")
+    client.get("/api/enterprises/8")
+    client.get("/no/such/route")
+    assert count("/api/enterprises/{enterprise_id}", "401") == before_401 + 2
+    assert count("unmatched", "404") == before_404 + 1
+    assert 'ecoplat_http_request_seconds_count{method="GET",route="/api/enterprises/{enterprise_id}"}' in \
+        client.get("/metrics").text
+
+
 def test_garbage_collection_pauses_are_measured_and_full_collections_are_rare(client) -> None:  # type: ignore[no-untyped-def]
     import gc
     import re
