@@ -60,8 +60,8 @@ def test_requests_are_counted_per_route_template_and_status(client) -> None:  # 
 
     def count(route: str, status: str) -> float:
         text = client.get("/metrics").text
-        found = re.search(r'^ecoplat_http_requests_total\{method="GET",route="%s",status="%s"\} (\S+)$'
-                          % (re.escape(route), status), text, re.M)
+        labels = f'method="GET",route="{re.escape(route)}",status="{status}"'
+        found = re.search(r"^ecoplat_http_requests_total\{" + labels + r"\} (\S+)$", text, re.M)
         return float(found.group(1)) if found else 0.0
 
     before_401, before_404 = count("/api/enterprises/{enterprise_id}", "401"), count("unmatched", "404")
