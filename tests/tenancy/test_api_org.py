@@ -71,6 +71,40 @@ def test_enterprise_validation_names_each_field(client, world: World) -> None:
     assert "ISO 3166-1" in r.json()["errors"][0]["message"]
 
 
+def test_enterprise_answers_are_exactly_what_their_response_models_write(client, world: World, db: Session) -> None:
+    """The list and detail answers are written from plain data (api_common.json_response); read
+    back through Page[EnterpriseOut] / EnterpriseOut and dumped as FastAPI would dump the model,
+    they must give the same bytes: same fields, order, datetimes (Z, microseconds) and nulls."""
+    from datetime import UTC, datetime
+
+    from pydantic import TypeAdapter
+
+    from ecoplat.pagination import Page
+    from ecoplat.tenancy.schemas import EnterpriseOut
+
+    limits = {"maxPayloadSize": 65536, "rateLimits": {"messages": "200:1,6000:60"}}
+    make_enterprise(db, ecosystem=world.a.ecosystem, name="山东氯碱 \"Quoted\" Works", limits=limits,
+                    created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))  # no microseconds
+    page_model, item_model = TypeAdapter(Page[EnterpriseOut]), TypeAdapter(EnterpriseOut)
+    for headers in (world.platform_headers, world.steward_headers, world.a.headers):
+        r = client.get("/api/enterprises", headers=headers, params={"limit": 500})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        assert r.content == page_model.dump_json(page_model.validate_json(r.content))
+        items = r.json()["items"]
+        assert items
+        for item in items:
+            d = client.get(f"/api/enterprises/{item['id']}", headers=headers)
+            assert d.status_code == 200 and d.headers["content-type"] == "application/json"
+            assert d.content == item_model.dump_json(item_model.validate_json(d.content))
+            assert d.json() == item
+    seen = {e["name"]: e for e in client.get("/api/enterprises", headers=world.platform_headers,
+                                             params={"limit": 500}).json()["items"]}
+    mine = seen["山东氯碱 \"Quoted\" Works"]
+    assert mine["limits"] == limits and mine["created_at"] == "2026-01-02T03:04:05Z"
+    steward_view = client.get("/api/enterprises", headers=world.steward_headers).json()["items"]
+    assert any(e["limits"] is None and e["created_at"] is None for e in steward_view)
+
+
 def test_platform_admin_filters_and_searches_enterprises(client, world: World, db: Session) -> None:
     make_enterprise(db, name="Shandong Haihua Chlor-Alkali", country="CN", size_class="large", isic_class="2011")
     make_enterprise(db, name="山东氯碱化工有限公司", country="CN", size_class="medium", isic_class="2011")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 
-from ecoplat.api_common import NoNul, ObjectId, client_ip
+from ecoplat.api_common import NoNul, ObjectId, client_ip, json_response
 from ecoplat.db import DbSession
 from ecoplat.errors import problem
 from ecoplat.pagination import Page, PageQuery
@@ -178,11 +178,11 @@ def list_enterprises(
     size_class: SizeClass | None = None,
     isic_class: Annotated[str | None, Query(pattern=r"^[0-9]{4}$")] = None,
     ecosystem_id: FilterId = None,
-) -> Page[EnterpriseOut]:
+) -> Response:
     rows, cursor = service.list_enterprises(db, actor=actor, page=page, q=q, country=country,
                                             size_class=size_class, isic_class=isic_class,
                                             ecosystem_id=ecosystem_id)
-    return Page(items=service.enterprise_views(db, actor=actor, rows=rows), next_cursor=cursor)
+    return json_response({"items": service.enterprise_view_dicts(db, actor=actor, rows=rows), "next_cursor": cursor})
 
 
 @enterprises.post("", response_model=EnterpriseOut, status_code=201)
@@ -192,9 +192,9 @@ def create_enterprise(request: Request, db: DbSession, actor: CurrentPrincipal, 
 
 
 @enterprises.get("/{enterprise_id}", response_model=EnterpriseOut)
-def get_enterprise(db: DbSession, actor: CurrentPrincipal, enterprise_id: ObjectId) -> EnterpriseOut:
-    row = service.get_enterprise(db, actor=actor, enterprise_id=enterprise_id)
-    return service.enterprise_views(db, actor=actor, rows=[row])[0]
+def get_enterprise(db: DbSession, actor: CurrentPrincipal, enterprise_id: ObjectId) -> Response:
+    row = service.enterprise_row(db, actor=actor, enterprise_id=enterprise_id)
+    return json_response(service.enterprise_view_dicts(db, actor=actor, rows=[row])[0])
 
 
 @enterprises.patch("/{enterprise_id}", response_model=EnterpriseOut)

@@ -34,6 +34,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, func, select
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session, aliased
 
 from ecoplat.pagination import PageParams, cursor_values, finish_page
@@ -46,18 +47,21 @@ SECOND_WINDOW_MAX_ROWS = 10_000
 
 # The search's conditions (name pattern, scope, filters) for the enterprise table or an alias of it.
 Conditions = Callable[[Any], list[ColumnElement[bool]]]
+# The columns to read of each match (the first named "id"), for the enterprise table or an alias.
+Columns = Callable[[Any], list[Any]]
 
 
-def enterprise_search_page(db: Session, *, conditions: Conditions, page: PageParams,
-                           ) -> tuple[list[Enterprise], str | None]:
-    """One keyset page (by id) of the enterprises matching `conditions`, read as described above."""
+def enterprise_search_page(db: Session, *, conditions: Conditions, columns: Columns, page: PageParams,
+                           ) -> tuple[list[Row[Any]], str | None]:
+    """One keyset page (by id) of the enterprises matching `conditions`, read as described above,
+    as rows of `columns`."""
     need = page.limit + 1
     after = cursor_values(page, (Enterprise.id,))
     after_id: int | None = after[0] if after else None
     window = need * FIRST_WINDOW_ROWS_PER_ROW
     if not window:
-        return finish_page(_by_index(db, conditions, after_id, limit=need), page, ("id",))
-    rows = _walk(db, conditions, after_id=after_id, window=window, limit=need)
+        return finish_page(_by_index(db, conditions, columns, after_id, limit=need), page, ("id",))
+    rows = _walk(db, conditions, columns, after_id=after_id, window=window, limit=need)
     if rows and len(rows) < need:
         # The window shows how dense the term is: walk on, or sort what is left.
         end, last = db.execute(select(_nth_id(after_id is not None), _last_id()),
@@ -66,14 +70,14 @@ def enterprise_search_page(db: Session, *, conditions: Conditions, page: PagePar
             return finish_page(rows, page, ("id",))
         if not walking_on_is_cheaper(found=len(rows), walked=window, missing=need - len(rows),
                                      rest=(last or 0) - end):
-            rows += _by_index(db, conditions, end, limit=need - len(rows))
+            rows += _by_index(db, conditions, columns, end, limit=need - len(rows))
             return finish_page(rows, page, ("id",))
         after_id, window = end, SECOND_WINDOW_MAX_ROWS
-        rows += _walk(db, conditions, after_id=after_id, window=window, limit=need - len(rows))
+        rows += _walk(db, conditions, columns, after_id=after_id, window=window, limit=need - len(rows))
     if len(rows) < need:
         # Nothing left to decide: the index continues after the window's last row, found in the
         # same statement (NULL, matching nothing, when the table ends inside the window).
-        rows += _by_index(db, conditions, _nth_id(after_id is not None), limit=need - len(rows),
+        rows += _by_index(db, conditions, columns, _nth_id(after_id is not None), limit=need - len(rows),
                           params=_window_params(after_id, window))
     return finish_page(rows, page, ("id",))
 
@@ -109,23 +113,23 @@ def _last_id() -> Any:
     return select(func.max(Enterprise.id)).scalar_subquery()
 
 
-def _walk(db: Session, conditions: Conditions, *, after_id: int | None, window: int, limit: int,
-          ) -> list[Enterprise]:
+def _walk(db: Session, conditions: Conditions, columns: Columns, *, after_id: int | None, window: int,
+          limit: int) -> list[Row[Any]]:
     """The matches among the window's rows: the LIMIT inside the subquery keeps the conditions
     out of it, so the plan is a primary-key range walk that stops after `window` rows."""
     ent = _walked(after_id is not None)
-    stmt = select(ent).where(*conditions(ent)).order_by(ent.id).limit(limit)
-    return list(db.scalars(stmt, _window_params(after_id, window)).all())
+    stmt = select(*columns(ent)).where(*conditions(ent)).order_by(ent.id).limit(limit)
+    return list(db.execute(stmt, _window_params(after_id, window)).all())
 
 
-def _by_index(db: Session, conditions: Conditions, after: Any, *, limit: int,
-              params: dict[str, int] | None = None) -> list[Enterprise]:
+def _by_index(db: Session, conditions: Conditions, columns: Columns, after: Any, *, limit: int,
+              params: dict[str, int] | None = None) -> list[Row[Any]]:
     """The first matches after `after` (an id, a scalar subquery or None), every one collected
     and sorted: `id + 0` keeps the planner from walking the primary key instead."""
-    stmt = select(Enterprise).where(*conditions(Enterprise))
+    stmt = select(*columns(Enterprise)).where(*conditions(Enterprise))
     if after is not None:
         stmt = stmt.where(Enterprise.id > after)
-    return list(db.scalars(stmt.order_by(Enterprise.id + 0).limit(limit), params or {}).all())
+    return list(db.execute(stmt.order_by(Enterprise.id + 0).limit(limit), params or {}).all())
 
 
 def walking_on_is_cheaper(*, found: int, walked: int, missing: int, rest: int) -> bool:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     table,
     text,
 )
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -76,7 +77,6 @@ from ecoplat.tenancy.schemas import (
     EquipmentUpdate,
     LineCreate,
     LineUpdate,
-    MembershipOut,
     MeOut,
     MePatch,
     SiteCreate,
@@ -464,16 +464,27 @@ def _uses_search_windows(db: Session, q: str | None, actor: Principal) -> bool:
             and (actor.is_platform_admin or bool(actor.stewarded_ecosystem_ids and actor.can("ecosystem:members"))))
 
 
+# What an enterprise view shows (EnterpriseOut's own fields), read as plain rows: a page of ORM
+# entities costs identity-map bookkeeping per row that a read never uses.
+ENTERPRISE_VIEW_FIELDS = ("id", "name", "country", "isic_class", "size_class", "timezone", "limits",
+                          "created_at", "updated_at")
+
+
+def _enterprise_view_columns(ent: Any) -> list[Any]:
+    """The view's columns of the enterprise table or of an alias of it."""
+    return [getattr(ent, name) for name in ENTERPRISE_VIEW_FIELDS]
+
+
 def list_enterprises(db: Session, *, actor: Principal, page: PageParams, q: str | None = None,
                      country: str | None = None, size_class: str | None = None,
                      isic_class: str | None = None, ecosystem_id: int | None = None,
-                     ) -> tuple[list[Enterprise], str | None]:
+                     ) -> tuple[list[Row[Any]], str | None]:
     """Name search goes through the database's own trigram index (migration 0001): SQLite FTS5
     with the trigram tokenizer, PostgreSQL pg_trgm GIN; both answer case-insensitive substring
     matches. On SQLite the page is read from the FTS index in rowid (= id) order and stops after
     `limit` hits, instead of collecting every match first (a common word matches most names). On
     PostgreSQL, tenancy.search chooses per query between walking the primary key and sorting the
-    trigram index's matches."""
+    trigram index's matches. The rows carry ENTERPRISE_VIEW_FIELDS as attributes."""
     actor.require("enterprise:read")
     fts = bool(q) and _uses_fts(db, q)
 
@@ -498,15 +509,15 @@ def list_enterprises(db: Session, *, actor: Principal, page: PageParams, q: str 
         return where
 
     if _uses_search_windows(db, q, actor):
-        return enterprise_search_page(db, conditions=conditions, page=page)
-    stmt = select(Enterprise).where(*conditions(Enterprise))
+        return enterprise_search_page(db, conditions=conditions, columns=_enterprise_view_columns, page=page)
+    stmt = select(*_enterprise_view_columns(Enterprise)).where(*conditions(Enterprise))
     key: tuple[Any, ...] = (Enterprise.id,)
     if q and fts:
         phrase = '"' + q.replace('"', '""') + '"'
         stmt = stmt.join(_enterprises_fts, _enterprises_fts.c.rowid == Enterprise.id).where(
             text("enterprises_fts MATCH :enterprise_q").bindparams(enterprise_q=phrase))
         key = (_enterprises_fts.c.rowid,)
-    return paginate(db, stmt, page, key=key, key_attrs=("id",))
+    return paginate(db, stmt, page, key=key, key_attrs=("id",), scalars=False)
 
 
 def get_enterprise(db: Session, *, actor: Principal, enterprise_id: int) -> Enterprise:
@@ -517,27 +528,43 @@ def get_enterprise(db: Session, *, actor: Principal, enterprise_id: int) -> Ente
     return ent
 
 
-def enterprise_views(db: Session, *, actor: Principal, rows: Sequence[Enterprise]) -> list[EnterpriseOut]:
-    """API views of enterprises: private fields only for the enterprise's own people and
-    platform admins; memberships only in ecosystems the actor may see."""
+def enterprise_row(db: Session, *, actor: Principal, enterprise_id: int) -> Row[Any]:
+    """One enterprise as get_enterprise() finds it (same scope, same 404), read as a row with
+    ENTERPRISE_VIEW_FIELDS for its view."""
+    actor.require("enterprise:read")
+    row = db.execute(select(*_enterprise_view_columns(Enterprise)).where(Enterprise.id == enterprise_id)).first()
+    if row is None or not _enterprise_visible(db, actor, enterprise_id):
+        raise NotFound("enterprise", enterprise_id)
+    return row
+
+
+def enterprise_view_dicts(db: Session, *, actor: Principal, rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """API views of enterprises (ORM objects or rows with ENTERPRISE_VIEW_FIELDS) as plain dicts
+    in EnterpriseOut's field order: private fields only for the enterprise's own people and
+    platform admins (null for others); memberships only in ecosystems the actor may see."""
     ids = [e.id for e in rows]
-    memberships: dict[int, list[MembershipOut]] = {i: [] for i in ids}
+    memberships: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
     if ids:
-        stmt = select(EcosystemMembership).where(EcosystemMembership.enterprise_id.in_(ids))
+        stmt = select(EcosystemMembership.enterprise_id, EcosystemMembership.ecosystem_id,
+                      EcosystemMembership.role).where(EcosystemMembership.enterprise_id.in_(ids))
         if not actor.is_platform_admin:
             stmt = stmt.where(EcosystemMembership.ecosystem_id.in_(
                 select(EcosystemMembership.ecosystem_id).where(EcosystemMembership.enterprise_id == actor.enterprise_id)))
-        for m in db.scalars(stmt.order_by(EcosystemMembership.id)):
-            memberships[m.enterprise_id].append(MembershipOut.model_validate(m))
+        for enterprise_id, ecosystem_id, role in db.execute(stmt.order_by(EcosystemMembership.id)):
+            memberships[enterprise_id].append({"ecosystem_id": ecosystem_id, "role": role})
     out = []
     for e in rows:
-        view = EnterpriseOut(id=e.id, name=e.name, country=e.country, isic_class=e.isic_class,
-                             size_class=e.size_class, memberships=memberships[e.id])
-        if actor.sees_enterprise(e.id):
-            view.timezone, view.limits = e.timezone, dict(e.limits or {})
-            view.created_at, view.updated_at = e.created_at, e.updated_at
-        out.append(view)
+        own = actor.sees_enterprise(e.id)
+        out.append({"id": e.id, "name": e.name, "country": e.country, "isic_class": e.isic_class,
+                    "size_class": e.size_class, "memberships": memberships[e.id],
+                    "timezone": e.timezone if own else None, "limits": dict(e.limits or {}) if own else None,
+                    "created_at": e.created_at if own else None, "updated_at": e.updated_at if own else None})
     return out
+
+
+def enterprise_views(db: Session, *, actor: Principal, rows: Sequence[Any]) -> list[EnterpriseOut]:
+    """enterprise_view_dicts() as EnterpriseOut models."""
+    return [EnterpriseOut.model_validate(view) for view in enterprise_view_dicts(db, actor=actor, rows=rows)]
 
 
 def create_enterprise(db: Session, *, actor: Principal, data: EnterpriseCreate, ip: str = "") -> Enterprise:
