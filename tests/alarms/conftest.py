@@ -67,7 +67,7 @@ def pipeline(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     runtime = AlarmRuntime(database, events, dispatcher=Dispatcher(database, poll_interval_s=0.05,
                                                                    backoff_base_s=0.05, backoff_max_s=0.2))
     runtime.start()
-    unsubscribe = ingest.add_listener(runtime.on_points)
+    unsubscribe = ingest.add_receiver(runtime.on_points)
     seen: list[Event] = []
     remove = events.add_listener("alarm.", seen.append)
     yield Pipeline(database, events, ingest, runtime, seen)

@@ -38,7 +38,7 @@ def _push(pipeline: Pipeline, plant: Plant, samples: list[tuple[int, str, Any]],
     expected = pipeline.alarms.points_evaluated + len(samples)
     for ts, key, value in samples:  # one submission per sample, as a device sends them
         pipeline.ingest.submit_blocking([Point(dev, key, T0 + ts, value)], enterprise_id=plant.enterprise_id)
-    # submit returns once the points are durable; the listener runs right after.
+    # the engine received each point as ingest accepted it; drain waits for its evaluation.
     pipeline.alarms.drain(points_evaluated=expected)
 
 

@@ -109,6 +109,56 @@ def test_backpressure_blocks_submitters_bounds_memory_and_loses_nothing(real_db:
         assert (dev.messages_total, dev.points_total) == (20, 100)
 
 
+class GatedStore:
+    """The real store, whose writes wait until the test opens the gate."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.gate, self.writing = inner, threading.Event(), threading.Event()
+
+    def write(self, points: Sequence[Point], enterprise_of: Mapping[int, int]) -> None:
+        self.writing.set()
+        assert self.gate.wait(10)
+        self.inner.write(points, enterprise_of)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+
+def test_receivers_see_points_in_queue_order_before_they_are_durable(real_db: Database, store):
+    # The alarm engine is a receiver: an alarm must not wait for the telemetry write.
+    tenant = seed(real_db, "cell-1", "cell-2")
+    d1, d2 = tenant.devices["cell-1"][0], tenant.devices["cell-2"][0]
+    gated = GatedStore(store)
+    pipeline = IngestPipeline(database=real_db, store=gated, events=EventBus(), batch_max_ms=1)
+    received: list[Point] = []
+    durable: list[Point] = []
+    pipeline.add_receiver(lambda pts: received.extend(pts))
+    pipeline.add_listener(lambda pts: durable.extend(pts))
+    pipeline.start()
+    first = [Point(d1, "v", 1, 1.0), Point(d2, "v", 1, 2.0)]
+    second = [Point(d1, "v", 2, 3.0)]
+    senders = [threading.Thread(target=pipeline.submit_blocking, args=(batch,),
+                                kwargs={"enterprise_id": tenant.enterprise_id}) for batch in (first, second)]
+    try:
+        senders[0].start()
+        assert gated.writing.wait(5)
+        senders[1].start()
+        deadline = time.monotonic() + 5
+        while len(received) < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        # both submissions reached the receiver while the first write was still held
+        assert received == first + second
+        assert durable == [] and store.range(d1, ["v"], 0, 10)["v"] == []
+        gated.gate.set()
+        for sender in senders:
+            sender.join(10)
+    finally:
+        gated.gate.set()
+        pipeline.stop()
+    assert sorted(durable) == sorted(first + second)
+    assert [s.value for s in store.range(d1, ["v"], 0, 10)["v"]] == [1.0, 3.0]
+
+
 class FailingOnceStore:
     def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
         self.inner, self.failed = inner, False

@@ -1,6 +1,6 @@
 """The alarm rule engine: compile rules once, evaluate each ingested point with a dict lookup.
 
-Pure computation, no I/O. The runtime feeds it the points of every durable ingest batch and a
+Pure computation, no I/O. The runtime feeds it the points ingest accepts (as they are queued) and a
 timer tick; it answers with *condition changes* (an alarm condition became active or cleared),
 which the ISA-18.2 state machine in ``state.py`` turns into alarm transitions.
 

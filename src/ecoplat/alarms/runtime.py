@@ -1,6 +1,6 @@
 """The alarm runtime, started by the app lifespan after connect's ingest pipeline.
 
-    ingest writer thread ──listener (a queue put)──► alarm evaluator thread:
+    ingest submit (as points are accepted) ──receiver (a queue put)──► alarm evaluator thread:
                                      RuleEngine.evaluate (a dict lookup per point)
                                               │ condition changes (rare)
                                               ▼
@@ -9,9 +9,10 @@
                                               │
                                               └──wake──► notification dispatcher thread
 
-The ingest writer thread only hands the batch over, so rules never delay the next durable batch
-(nor the QoS 1 acknowledgements that wait for it); database work stays off the evaluator, so an
-alarm burst never delays evaluation. A ticker feeds the engine the wall clock for stale
+Points reach the rules as the ingest queue accepts them, beside the telemetry write rather than
+after it: an alarm does not wait for the historian's write, and the rules never delay the
+durable batch (nor the QoS 1 acknowledgements that wait for it). Database work stays off the
+evaluator, so an alarm burst never delays evaluation. A ticker feeds the engine the wall clock for stale
 data and delays that expire while a device is silent, and expires shelving.
 
 An alarm event is published only once the transaction holding its alarm row has committed: what
@@ -45,7 +46,7 @@ from ecoplat.alarms.models import AlarmRule
 from ecoplat.alarms.notifications import Dispatcher
 from ecoplat.db import Database
 from ecoplat.events import Event, EventBus
-from ecoplat.telemetry.points import Point
+from ecoplat.telemetry.points import Point, join_points
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ class AlarmRuntime:
         self.dispatcher = dispatcher or Dispatcher(database)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._points: queue.SimpleQueue[tuple[Sequence[Point], float] | None] = queue.SimpleQueue()
-        # Seconds from a durable ingest batch to its alarm events on the bus (the last 10,000).
-        self.batch_to_event_s: deque[float] = deque(maxlen=10_000)
+        # Seconds from points accepted by ingest to their alarm events on the bus (the last 10,000).
+        self.accepted_to_event_s: deque[float] = deque(maxlen=10_000)
         self._thread: threading.Thread | None = None
         self._evaluator: threading.Thread | None = None
         self._unsubscribe: list[Callable[[], None]] = []
@@ -123,15 +124,29 @@ class AlarmRuntime:
     # -- inputs -------------------------------------------------------------------------------
 
     def on_points(self, points: Sequence[Point]) -> None:
-        """The ingest listener: runs in the ingest writer thread after each durable batch."""
+        """The ingest receiver: runs as each submission enters the ingest queue (see
+        IngestPipeline.add_receiver), so it only queues the points for the evaluator."""
         self._points.put((points, time.perf_counter()))
 
     def _evaluate_loop(self) -> None:
+        """Evaluates what has arrived since the last round as one batch (a submission is often
+        one device's sample), in arrival order."""
         while True:
             item = self._points.get()
             if item is None:
                 return
-            points, received = item
+            parts, received = [item[0]], item[1]
+            stop = False
+            while True:
+                try:
+                    more = self._points.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                parts.append(more[0])
+            points = join_points(parts)
             try:
                 changes = self.engine.evaluate(points)
                 if changes:
@@ -139,6 +154,8 @@ class AlarmRuntime:
             except Exception:
                 log.exception("evaluating %d points against the alarm rules failed", len(points))
             self.points_evaluated += len(points)
+            if stop:
+                return
 
     def tick(self, now_ms: int | None = None) -> None:
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
@@ -221,7 +238,7 @@ class AlarmRuntime:
                     break
             if changes and self._write(changes):
                 done = time.perf_counter()
-                self.batch_to_event_s.extend(done - r for r in received)
+                self.accepted_to_event_s.extend(done - r for r in received)
             if expire:
                 self._expire()
             for barrier in barriers:
@@ -308,7 +325,7 @@ async def start(app: FastAPI) -> None:
     await asyncio.to_thread(runtime.start)
     ingest = getattr(app.state, "ingest", None)
     if ingest is not None:
-        app.state.alarms_unsubscribe = ingest.add_listener(runtime.on_points)
+        app.state.alarms_unsubscribe = ingest.add_receiver(runtime.on_points)
     else:
         log.warning("no ingest pipeline on app.state: alarm rules will not see telemetry")
     app.state.alarms = runtime

@@ -1,10 +1,16 @@
 """The ingest pipeline every transport (MQTT, HTTP, OPC UA, Modbus) hands its Points to.
 
     transports ──submit()──► bounded queue ──► ONE writer thread ──► TelemetryStore.write()
-                                                     │  device status counters (one statement per batch)
-                                                     ├► resolve the submitters' futures (QoS 1 acks after durability)
-                                                     ├► listeners (the alarm engine), in order
-                                                     └► events telemetry.<enterprise>.<device>
+                     │                               │  device status counters (one statement per batch)
+                     │                               ├► resolve the submitters' futures (QoS 1 acks after durability)
+                     │                               ├► durable listeners, in order
+                     │                               └► events telemetry.<enterprise>.<device>
+                     └► receivers (the alarm engine), in queue order, as the points are accepted
+
+Receivers see the points as they enter the queue, not after the store: an operator's alarm
+must not wait for the historian's write (tens of ms for a large batch on SQLite). A write that
+fails gets the sender an error and it resends, so a receiver may see a point again; the
+rule engine takes repeated points like any others.
 
 Why one writer thread: the store is fastest with few, large writes (one executemany/COPY per
 batch), and a single writer keeps points of one device in arrival order for the rule engine.
@@ -91,6 +97,16 @@ def _points_per_device(points: Sequence[Point]) -> dict[int, int]:
     return Counter(map(_device_of, points))
 
 
+def _added(listeners: list[Listener], fn: Listener) -> Callable[[], None]:
+    listeners.append(fn)
+
+    def remove() -> None:
+        if fn in listeners:
+            listeners.remove(fn)
+
+    return remove
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -156,6 +172,7 @@ class IngestPipeline:
         self._space: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
         self._space_lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._receivers: list[Listener] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -244,6 +261,7 @@ class IngestPipeline:
             self._queued_points += n
             self._unbatched_points += n
             self._items.append(_Submission(points, enterprise_id, loop, future))
+            self._receive(points)
             self._cond.notify()
         await future
 
@@ -263,6 +281,7 @@ class IngestPipeline:
             self._queued_points += n
             self._unbatched_points += n
             self._items.append(item)
+            self._receive(points)
             self._cond.notify_all()
         assert item.done is not None
         if not item.done.wait(max(0.0, deadline - time.monotonic())):
@@ -272,13 +291,20 @@ class IngestPipeline:
 
     def add_listener(self, fn: Listener) -> Callable[[], None]:
         """fn(points) runs in the writer thread right after each durable batch, in order."""
-        self._listeners.append(fn)
+        return _added(self._listeners, fn)
 
-        def remove() -> None:
-            if fn in self._listeners:
-                self._listeners.remove(fn)
+    def add_receiver(self, fn: Listener) -> Callable[[], None]:
+        """fn(points) runs as each submission is accepted into the queue, before it is durable,
+        in queue order (under the queue's lock, in the submitter's thread): it must only hand
+        the points on, e.g. put them on a queue of its own."""
+        return _added(self._receivers, fn)
 
-        return remove
+    def _receive(self, points: Sequence[Point]) -> None:
+        for receiver in self._receivers:
+            try:
+                receiver(points)
+            except Exception:
+                log.exception("ingest receiver %r failed", receiver)
 
     # ---- writer thread ------------------------------------------------------------------------
 
