@@ -19,6 +19,7 @@ from ecoplat.config import Settings
 from ecoplat.db import Database
 from ecoplat.errors import BodySizeLimit, RejectNulText, install_error_handlers
 from ecoplat.events import EventBus, make_event_bus
+from ecoplat.tenancy.auth import PrincipalCache
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.settings = settings
     app.state.db = database
     app.state.events = events
+    app.state.principals = PrincipalCache(database.sessionmaker, ttl_s=settings.auth_cache_seconds)
 
     install_error_handlers(app)
     app.add_middleware(RejectNulText)

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     refresh_token_days: int = 7
     login_free_attempts: int = 3
     login_max_delay_seconds: int = 60
+    auth_cache_seconds: float = Field(
+        default=5.0, description="How long the API reuses what a verified access token resolved to (user, roles, "
+        "stewarded ecosystems) instead of reading it again; changes made through this process apply at once, "
+        "changes made by another process within this time. 0 reads it on every request.")
 
     # http
     max_body_bytes: int = 1_048_576

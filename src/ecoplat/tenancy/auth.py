@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -14,12 +17,13 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, inspect, select
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from ecoplat.db import DbSession, utcnow
 from ecoplat.errors import Forbidden, NotAuthenticated
-from ecoplat.tenancy.models import ApiKey, EcosystemMembership, Role, User
+from ecoplat.tenancy.models import ApiKey, Ecosystem, EcosystemMembership, Enterprise, Role, User
 from ecoplat.tenancy.permissions import permissions_for
 
 _hasher = PasswordHasher()
@@ -142,6 +146,10 @@ def authenticate(db: Session, token: str, *, secret: str) -> Principal:
         roles = [r for r in key.roles if r in user.roles] or list(user.roles)
         return principal_for_user(db, user, roles=roles, api_key_id=key.id, label=f"api-key:{key.prefix}")
     claims = decode_token(token, secret=secret, expected_type="access")
+    return _access_principal(db, claims)
+
+
+def _access_principal(db: Session, claims: dict[str, Any]) -> Principal:
     user = db.get(User, int(claims["sub"]))
     if user is None or not user.is_active:
         raise NotAuthenticated("This account no longer exists or is deactivated.",
@@ -149,13 +157,99 @@ def authenticate(db: Session, token: str, *, secret: str) -> Principal:
     return principal_for_user(db, user)
 
 
+# What a Principal for an access token is read from: the user's own row (existence, is_active,
+# roles, enterprise, e-mail for the label, locale) and, for a steward, the enterprise's
+# memberships. Deleting an enterprise or an ecosystem deletes users or memberships by cascade
+# in the database, where no ORM event sees them.
+_USER_FIELDS = ("is_active", "roles", "enterprise_id", "email", "locale")
+_AUTH_TABLES = frozenset(t.__tablename__ for t in (User, EcosystemMembership, Enterprise, Ecosystem))
+
+
+class PrincipalCache:
+    """What verified access tokens resolved to, reused for `ttl_s` seconds (never past the
+    token's own expiry) so that a request does not decode the JWT and load the user again.
+
+    Revocation stays immediate within the process: every flush or bulk statement through
+    `sessions` that changes what a Principal is read from (see _USER_FIELDS and _AUTH_TABLES)
+    moves the generation on, at the flush and again at the commit, and an entry counts only
+    in the generation it was read in (read before the database was, so a lookup racing a
+    change cannot store the old answer as current). Changes made by other processes apply
+    within `ttl_s`. API keys are not cached (their use is recorded on the key)."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, ttl_s: float, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self.generation = 0
+        self._entries: dict[str, tuple[Principal, int, float]] = {}
+        self._lock = threading.Lock()
+        event.listen(sessions, "after_flush", self._after_flush)
+        event.listen(sessions, "do_orm_execute", self._after_statement)
+        event.listen(sessions, "after_commit", self._after_commit)
+
+    def get(self, token: str) -> Principal | None:
+        entry = self._entries.get(token)
+        if entry is None or entry[1] != self.generation or entry[2] <= self.clock():
+            return None
+        return entry[0]
+
+    def resolve(self, db: Session, token: str, *, secret: str) -> Principal:
+        """authenticate(), keeping what an access token resolved to."""
+        if token.startswith(API_KEY_PREFIX) or self.ttl_s <= 0:
+            return authenticate(db, token, secret=secret)
+        generation = self.generation
+        claims = decode_token(token, secret=secret, expected_type="access")
+        principal = _access_principal(db, claims)
+        valid_until = min(self.clock() + self.ttl_s, float(claims.get("exp", 0)))
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]  # the oldest
+            self._entries[token] = (principal, generation, valid_until)
+        return principal
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self.generation += 1
+
+    def _after_flush(self, session: Session, _flush: UOWTransaction) -> None:
+        if (any(isinstance(obj, EcosystemMembership) for obj in session.new)
+                or any(_changes_principals(obj) for obj in session.dirty)
+                or any(isinstance(obj, User | EcosystemMembership | Enterprise | Ecosystem) for obj in session.deleted)):
+            session.info["ecoplat_principals_changed"] = True
+            self.invalidate()
+
+    def _after_statement(self, state: ORMExecuteState) -> None:
+        if state.is_insert or state.is_update or state.is_delete:
+            table = getattr(state.statement, "table", None)
+            if getattr(table, "name", None) in _AUTH_TABLES:
+                state.session.info["ecoplat_principals_changed"] = True
+                self.invalidate()
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop("ecoplat_principals_changed", False):
+            self.invalidate()
+
+
+def _changes_principals(obj: object) -> bool:
+    """Whether a changed (dirty) object changes what a Principal is read from."""
+    if isinstance(obj, EcosystemMembership):
+        return True
+    if isinstance(obj, User):
+        attrs = inspect(obj).attrs
+        return any(attrs[name].history.has_changes() for name in _USER_FIELDS)
+    return False
+
+
 # Declares the bearer scheme in OpenAPI so /docs "Authorize" signs in through the password flow.
 # auto_error=False: the token may also come from the page cookie; _bearer() reads both.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)
 
 
-def current_principal(request: Request, db: DbSession,
-                      _token: Annotated[str | None, Depends(oauth2_scheme)] = None) -> Principal:
+async def current_principal(request: Request, db: DbSession,
+                            _token: Annotated[str | None, Depends(oauth2_scheme)] = None) -> Principal:
+    """Async so that a token found in the app's PrincipalCache costs no worker-thread hop; the
+    database is read on a worker thread otherwise."""
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
@@ -163,7 +257,12 @@ def current_principal(request: Request, db: DbSession,
     if not token:
         raise NotAuthenticated("Sign in first: send 'Authorization: Bearer <token or API key>'.",
                                headers={"WWW-Authenticate": "Bearer"})
-    principal = authenticate(db, token, secret=request.app.state.settings.resolved_secret_key)
+    secret = request.app.state.settings.resolved_secret_key
+    principals: PrincipalCache | None = getattr(request.app.state, "principals", None)
+    if principals is None:
+        principal = await run_in_threadpool(authenticate, db, token, secret=secret)
+    else:
+        principal = principals.get(token) or await run_in_threadpool(principals.resolve, db, token, secret=secret)
     request.state.principal = principal
     return principal
 
@@ -174,7 +273,7 @@ CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 def require(permission: str) -> Any:
     """A dependency that answers 403 unless the caller has the permission."""
 
-    def _dep(principal: CurrentPrincipal) -> Principal:
+    async def _dep(principal: CurrentPrincipal) -> Principal:  # async: no worker-thread hop for a check
         principal.require(permission)
         return principal
 
