@@ -70,10 +70,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.execute("PRAGMA cache_size=-65536")
     cur.execute("PRAGMA temp_store=MEMORY")
     # Whichever connection commits past this many WAL pages copies the WAL back into the
-    # database (and syncs it) before its commit returns. The telemetry writer does that at
-    # 10,000 pages; these connections carry alarm writes, device status and HTTP requests, and
-    # at SQLite's default of 1,000 pages each of their commits ran the checkpoint that the
-    # telemetry writes had made due, inside an alarm's path to its operator.
+    # database (and syncs it) before its commit returns. These connections carry alarm writes,
+    # device status and HTTP requests: at SQLite's default of 1,000 pages a checkpoint ran
+    # inside an alarm's path to its operator every few seconds under load. (Telemetry has a
+    # file of its own, see telemetry/sqlite.py.)
     cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     cur.close()
 

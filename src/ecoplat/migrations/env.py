@@ -28,8 +28,21 @@ def run_migrations_online() -> None:
 UNMODELLED = ("enterprises_fts", "ix_enterprises_name_trgm")
 
 
+# On SQLite the telemetry store's tables live in a file of their own (migration 0006).
+TELEMETRY_FILE_TABLES = ("telemetry_series", "telemetry_raw", "telemetry_latest", "telemetry_agg_1m",
+                         "telemetry_agg_1h")
+
+
 def _include_name(name, type_, parent_names) -> bool:  # type: ignore[no-untyped-def]
     return not (name and name.startswith(UNMODELLED))
+
+
+def _include_object_for(dialect: str):  # type: ignore[no-untyped-def]
+    def include(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
+        table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+        return not (dialect == "sqlite" and table in TELEMETRY_FILE_TABLES)
+
+    return include
 
 
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
@@ -39,6 +52,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         include_name=_include_name,
+        include_object=_include_object_for(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,5 +1,11 @@
-"""The embedded telemetry store: the app's own SQLite file (tables from migration 0002), written
-through the raw sqlite3 driver.
+"""The embedded telemetry store: a SQLite file of its own beside the app's database
+(`ecoplat.db` → `ecoplat.telemetry.db`, tables from migrations 0002 and 0006), written through
+the raw sqlite3 driver.
+
+Its own file because SQLite has one write lock per file: a telemetry batch of a thousand devices
+dirties a page per series and holds that lock for tens of milliseconds, and in a shared file
+every alarm, acknowledgement and API write queued behind it. Nothing joins these tables with
+the app's (series refer to devices by id, without a foreign key), so the split costs no query.
 
 One batch is one transaction: one INSERT over a JSON array into WITHOUT ROWID tables clustered on
 (series_id, ts), then the latest values and the 1 min / 1 h rollups folded in Python and upserted
@@ -18,6 +24,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain, repeat
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -108,6 +115,15 @@ _RECOMPUTE_1H = ("INSERT INTO telemetry_agg_1h (series_id, bucket_ts, count, sum
                  "WHERE series_id = ? AND bucket_ts >= ? AND bucket_ts < ? GROUP BY series_id")
 
 
+TABLES = ("telemetry_series", "telemetry_raw", "telemetry_latest", "telemetry_agg_1m", "telemetry_agg_1h")
+
+
+def telemetry_path(database_path: str) -> str:
+    """The telemetry file beside a SQLite database file: `a/ecoplat.db` → `a/ecoplat.telemetry.db`."""
+    path = Path(database_path)
+    return str(path.with_name(f"{path.stem}.telemetry{path.suffix or '.db'}"))
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -120,9 +136,17 @@ def _connect(path: str) -> sqlite3.Connection:
 
 class SqliteTelemetryStore(SqlTelemetryStore):
     def __init__(self, path: str) -> None:
+        """path: the telemetry file itself (see telemetry_path), made by the migrations."""
         super().__init__()
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no telemetry store at {path}: run `ecoplat migrate` to create it")
         self.path = path
         self._conn = _connect(path)
+        found = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if missing := [t for t in TABLES if t not in found]:
+            self._conn.close()
+            raise RuntimeError(f"the telemetry store {path} lacks {', '.join(missing)}: "
+                               f"run `ecoplat migrate` to bring it up to date")
         # Checkpoint less often than every 1000 pages: a batch dirties a page per active series,
         # and each checkpoint syncs the database file.
         self._conn.execute("PRAGMA wal_autocheckpoint=10000")

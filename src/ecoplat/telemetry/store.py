@@ -1,5 +1,5 @@
-"""Opens the telemetry store that fits the database URL: the app's SQLite file by default,
-PostgreSQL (partitioned, COPY) when the platform runs on PostgreSQL."""
+"""Opens the telemetry store that fits the database URL: a SQLite file beside the app's by
+default, PostgreSQL (partitioned, COPY) when the platform runs on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ from ecoplat.telemetry.base import SqlTelemetryStore
 
 def open_store(url_or_settings: str | Settings) -> SqlTelemetryStore:
     """A TelemetryStore for a SQLAlchemy URL (or the settings' database URL). The tables must
-    exist (migration 0002)."""
+    exist (migrations 0002 and, on SQLite, 0006)."""
     url = (url_or_settings.resolved_database_url if isinstance(url_or_settings, Settings)
            else url_or_settings)
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        from ecoplat.telemetry.sqlite import SqliteTelemetryStore
+        from ecoplat.telemetry.sqlite import SqliteTelemetryStore, telemetry_path
 
         if not parsed.database or parsed.database == ":memory:":
             raise ValueError("the SQLite telemetry store needs a database file, not :memory:")
-        return SqliteTelemetryStore(parsed.database)
+        return SqliteTelemetryStore(telemetry_path(parsed.database))
     if backend == "postgresql":
         from ecoplat.telemetry.postgres import PostgresTelemetryStore
 
