@@ -18,7 +18,9 @@ from typing import Any
 from sqlalchemy import (
     Integer,
     String,
+    Table,
     and_,
+    bindparam,
     cast,
     column,
     delete,
@@ -435,8 +437,8 @@ def remove_membership(db: Session, *, actor: Principal, ecosystem_id: int, enter
 
 
 def _stewarded_member_ids(actor: Principal) -> Any:
-    return select(EcosystemMembership.enterprise_id).where(
-        EcosystemMembership.ecosystem_id.in_(sorted(actor.stewarded_ecosystem_ids)))
+    return select(_MEMBERSHIPS.c.enterprise_id).where(
+        _MEMBERSHIPS.c.ecosystem_id.in_(sorted(actor.stewarded_ecosystem_ids)))
 
 
 def _enterprise_visible(db: Session, actor: Principal, enterprise_id: int) -> bool:
@@ -464,14 +466,18 @@ def _uses_search_windows(db: Session, q: str | None, actor: Principal) -> bool:
             and (actor.is_platform_admin or bool(actor.stewarded_ecosystem_ids and actor.can("ecosystem:members"))))
 
 
-# What an enterprise view shows (EnterpriseOut's own fields), read as plain rows: a page of ORM
-# entities costs identity-map bookkeeping per row that a read never uses.
+# What an enterprise view shows (EnterpriseOut's own fields). The enterprise reads below are Core
+# statements on the tables, read as plain rows: ORM entities, or even ORM attributes in a
+# statement, put every row of a page through the ORM's loading machinery, which a read never
+# needs. Core statements do not autoflush, so they flush first what the unit of work holds.
 ENTERPRISE_VIEW_FIELDS = ("id", "name", "country", "isic_class", "size_class", "timezone", "limits",
                           "created_at", "updated_at")
+_ENTERPRISES: Table = Enterprise.__table__  # type: ignore[assignment]
+_MEMBERSHIPS: Table = EcosystemMembership.__table__  # type: ignore[assignment]
 
 
 def _enterprise_view_columns(ent: Any) -> list[Any]:
-    """The view's columns of the enterprise table or of an alias of it."""
+    """The view's columns of the enterprise table or of an alias of it (their `.c`)."""
     return [getattr(ent, name) for name in ENTERPRISE_VIEW_FIELDS]
 
 
@@ -504,17 +510,19 @@ def list_enterprises(db: Session, *, actor: Principal, page: PageParams, q: str 
         if isic_class:
             where.append(ent.isic_class == isic_class)
         if ecosystem_id is not None:
-            where.append(ent.id.in_(select(EcosystemMembership.enterprise_id)
-                                    .where(EcosystemMembership.ecosystem_id == ecosystem_id)))
+            where.append(ent.id.in_(select(_MEMBERSHIPS.c.enterprise_id)
+                                    .where(_MEMBERSHIPS.c.ecosystem_id == ecosystem_id)))
         return where
 
+    db.flush()
     if _uses_search_windows(db, q, actor):
         return enterprise_search_page(db, conditions=conditions, columns=_enterprise_view_columns, page=page)
-    stmt = select(*_enterprise_view_columns(Enterprise)).where(*conditions(Enterprise))
-    key: tuple[Any, ...] = (Enterprise.id,)
+    ent = _ENTERPRISES.c
+    stmt = select(*_enterprise_view_columns(ent)).where(*conditions(ent))
+    key: tuple[Any, ...] = (ent.id,)
     if q and fts:
         phrase = '"' + q.replace('"', '""') + '"'
-        stmt = stmt.join(_enterprises_fts, _enterprises_fts.c.rowid == Enterprise.id).where(
+        stmt = stmt.join(_enterprises_fts, _enterprises_fts.c.rowid == ent.id).where(
             text("enterprises_fts MATCH :enterprise_q").bindparams(enterprise_q=phrase))
         key = (_enterprises_fts.c.rowid,)
     return paginate(db, stmt, page, key=key, key_attrs=("id",), scalars=False)
@@ -528,43 +536,61 @@ def get_enterprise(db: Session, *, actor: Principal, enterprise_id: int) -> Ente
     return ent
 
 
+@lru_cache(maxsize=1)
+def _enterprise_by_id() -> Any:
+    return select(*_enterprise_view_columns(_ENTERPRISES.c)).where(_ENTERPRISES.c.id == bindparam("id"))
+
+
+@lru_cache(maxsize=2)
+def _memberships_of(own_ecosystems_only: bool) -> Any:
+    """(enterprise, ecosystem, role) of the enterprises `ids`, in the ecosystems enterprise `own`
+    belongs to if own_ecosystems_only."""
+    m = _MEMBERSHIPS.c
+    stmt = select(m.enterprise_id, m.ecosystem_id, m.role).where(m.enterprise_id.in_(bindparam("ids", expanding=True)))
+    if own_ecosystems_only:
+        stmt = stmt.where(m.ecosystem_id.in_(select(m.ecosystem_id).where(m.enterprise_id == bindparam("own"))))
+    return stmt.order_by(m.id)
+
+
 def enterprise_row(db: Session, *, actor: Principal, enterprise_id: int) -> Row[Any]:
-    """One enterprise as get_enterprise() finds it (same scope, same 404), read as a row with
+    """One enterprise as get_enterprise() finds it (same scope, same 404), read as a row of
     ENTERPRISE_VIEW_FIELDS for its view."""
     actor.require("enterprise:read")
-    row = db.execute(select(*_enterprise_view_columns(Enterprise)).where(Enterprise.id == enterprise_id)).first()
+    db.flush()
+    row = db.execute(_enterprise_by_id(), {"id": enterprise_id}).first()
     if row is None or not _enterprise_visible(db, actor, enterprise_id):
         raise NotFound("enterprise", enterprise_id)
     return row
 
 
-def enterprise_view_dicts(db: Session, *, actor: Principal, rows: Sequence[Any]) -> list[dict[str, Any]]:
-    """API views of enterprises (ORM objects or rows with ENTERPRISE_VIEW_FIELDS) as plain dicts
-    in EnterpriseOut's field order: private fields only for the enterprise's own people and
-    platform admins (null for others); memberships only in ecosystems the actor may see."""
-    ids = [e.id for e in rows]
-    memberships: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
-    if ids:
-        stmt = select(EcosystemMembership.enterprise_id, EcosystemMembership.ecosystem_id,
-                      EcosystemMembership.role).where(EcosystemMembership.enterprise_id.in_(ids))
-        if not actor.is_platform_admin:
-            stmt = stmt.where(EcosystemMembership.ecosystem_id.in_(
-                select(EcosystemMembership.ecosystem_id).where(EcosystemMembership.enterprise_id == actor.enterprise_id)))
-        for enterprise_id, ecosystem_id, role in db.execute(stmt.order_by(EcosystemMembership.id)):
+def enterprise_view_dicts(db: Session, *, actor: Principal, rows: Sequence[Row[Any]]) -> list[dict[str, Any]]:
+    """API views of enterprises (rows of ENTERPRISE_VIEW_FIELDS) as plain dicts in EnterpriseOut's
+    field order: private fields only for the enterprise's own people and platform admins (null
+    for others); memberships only in ecosystems the actor may see."""
+    memberships: dict[int, list[dict[str, Any]]] = {row[0]: [] for row in rows}
+    admin = actor.is_platform_admin
+    if memberships:
+        db.flush()
+        params: dict[str, Any] = {"ids": list(memberships)} | ({} if admin else {"own": actor.enterprise_id})
+        for enterprise_id, ecosystem_id, role in db.execute(_memberships_of(not admin), params):
             memberships[enterprise_id].append({"ecosystem_id": ecosystem_id, "role": role})
     out = []
-    for e in rows:
-        own = actor.sees_enterprise(e.id)
-        out.append({"id": e.id, "name": e.name, "country": e.country, "isic_class": e.isic_class,
-                    "size_class": e.size_class, "memberships": memberships[e.id],
-                    "timezone": e.timezone if own else None, "limits": dict(e.limits or {}) if own else None,
-                    "created_at": e.created_at if own else None, "updated_at": e.updated_at if own else None})
+    for id_, name, country, isic_class, size_class, timezone, limits, created_at, updated_at in rows:
+        view = {"id": id_, "name": name, "country": country, "isic_class": isic_class, "size_class": size_class,
+                "memberships": memberships[id_], "timezone": None, "limits": None, "created_at": None,
+                "updated_at": None}
+        if admin or id_ == actor.enterprise_id:
+            view |= {"timezone": timezone, "limits": dict(limits or {}), "created_at": created_at,
+                     "updated_at": updated_at}
+        out.append(view)
     return out
 
 
-def enterprise_views(db: Session, *, actor: Principal, rows: Sequence[Any]) -> list[EnterpriseOut]:
-    """enterprise_view_dicts() as EnterpriseOut models."""
-    return [EnterpriseOut.model_validate(view) for view in enterprise_view_dicts(db, actor=actor, rows=rows)]
+def enterprise_views(db: Session, *, actor: Principal, rows: Sequence[Enterprise]) -> list[EnterpriseOut]:
+    """enterprise_view_dicts() of ORM enterprises, as EnterpriseOut models."""
+    as_rows = [tuple(getattr(e, name) for name in ENTERPRISE_VIEW_FIELDS) for e in rows]
+    return [EnterpriseOut.model_validate(view)
+            for view in enterprise_view_dicts(db, actor=actor, rows=as_rows)]  # type: ignore[arg-type]
 
 
 def create_enterprise(db: Session, *, actor: Principal, data: EnterpriseCreate, ip: str = "") -> Enterprise:
