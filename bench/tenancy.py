@@ -59,7 +59,7 @@ PAGE_SIZE = 50
 # the baseline measures the database alone. Keep them in step with ecoplat/tenancy/service.py.
 
 ENTERPRISE_COLUMNS = "id, name, country, isic_class, size_class, timezone, limits, created_at, updated_at"
-# enterprise_views(): each answer carries the enterprises' memberships, one IN query per page.
+# enterprise_view_dicts(): each answer carries the enterprises' memberships, one IN query per page.
 MEMBERSHIP_SQL = ("SELECT id, ecosystem_id, enterprise_id, role, created_at, updated_at FROM ecosystem_memberships "
                   "WHERE enterprise_id IN ({ids}) ORDER BY id")
 

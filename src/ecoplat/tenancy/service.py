@@ -453,6 +453,7 @@ def _enterprise_visible(db: Session, actor: Principal, enterprise_id: int) -> bo
 
 # The SQLite FTS5 table of enterprise names (migration 0001), for joins.
 _enterprises_fts = table("enterprises_fts", column("rowid", Integer))
+_FTS_MATCH = text("enterprises_fts MATCH :enterprise_q")  # parsed once; bound per search
 
 
 def _uses_fts(db: Session, q: str | None) -> bool:
@@ -523,7 +524,7 @@ def list_enterprises(db: Session, *, actor: Principal, page: PageParams, q: str 
     if q and fts:
         phrase = '"' + q.replace('"', '""') + '"'
         stmt = stmt.join(_enterprises_fts, _enterprises_fts.c.rowid == ent.id).where(
-            text("enterprises_fts MATCH :enterprise_q").bindparams(enterprise_q=phrase))
+            _FTS_MATCH.bindparams(enterprise_q=phrase))
         key = (_enterprises_fts.c.rowid,)
     return paginate(db, stmt, page, key=key, key_attrs=("id",), scalars=False)
 
