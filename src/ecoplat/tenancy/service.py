@@ -580,7 +580,7 @@ def enterprise_view_dicts(db: Session, *, actor: Principal, rows: Sequence[Row[A
         view = {"id": id_, "name": name, "country": country, "isic_class": isic_class, "size_class": size_class,
                 "memberships": memberships[id_], "timezone": None, "limits": None, "created_at": None,
                 "updated_at": None}
-        if admin or id_ == actor.enterprise_id:
+        if admin or actor.sees_enterprise(id_):
             view |= {"timezone": timezone, "limits": dict(limits or {}), "created_at": created_at,
                      "updated_at": updated_at}
         out.append(view)
