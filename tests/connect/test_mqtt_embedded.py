@@ -58,7 +58,7 @@ def platform(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     url = new_database_url(backend, tmp)
     upgrade(url)
     tenant = seed_tenant(url, devices=("cell-1", "cell-2", "detector-1", "bad-1", "revoked-1", "ack-1", "rpc-a",
-                                       "rpc-b"),
+                                       "rpc-b", "pipe-1"),
                          gateways=("gw-1",), limits=LIMITS)
     set_revoked(url, tenant.device("revoked-1")[0])
     port = free_port()
@@ -284,6 +284,42 @@ def test_qos1_puback_arrives_only_after_the_point_is_durable(platform: Platform)
                                                                                    "value": 50.0 + i}
     finally:
         _stop(c)
+
+
+def _packet(kind: int, body: bytes) -> bytes:
+    assert len(body) < 128
+    return bytes([kind, len(body)]) + body
+
+
+def _utf8(text: str) -> bytes:
+    return len(text).to_bytes(2, "big") + text.encode()
+
+
+def test_pipelined_qos1_publishes_are_all_acknowledged_in_order(platform: Platform) -> None:
+    # A device that does not wait for each PUBACK (paho with many in flight does this): the
+    # broker acknowledges a batch's publishes together, and must keep MQTT's order (4.6).
+    import socket
+
+    device_id, token = platform.tenant.device("pipe-1")
+    base = int(time.time() * 1000) - 20_000
+    with socket.create_connection(("127.0.0.1", platform.port), timeout=10) as sock:
+        connect = _utf8("MQTT") + bytes([4, 0x82]) + (30).to_bytes(2, "big") + _utf8("pipe-1") + _utf8(token)
+        sock.sendall(_packet(0x10, connect))
+        assert sock.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+        topic = _utf8("v1/devices/me/telemetry")
+        sock.sendall(b"".join(
+            _packet(0x32, topic + pid.to_bytes(2, "big") + orjson.dumps({"ts": base + pid, "values": {"n": pid}}))
+            for pid in range(1, 41)))
+        data = b""
+        while len(data) < 40 * 4:
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed before every PUBACK arrived"
+            data += chunk
+    acks = [data[i:i + 4] for i in range(0, len(data), 4)]
+    assert [a[:2] for a in acks] == [b"\x40\x02"] * 40
+    assert [int.from_bytes(a[2:], "big") for a in acks] == list(range(1, 41))
+    stored = latest(platform.http, platform.tenant, device_id)["n"]
+    assert stored == {"ts": base + 40, "value": 40}
 
 
 def test_device_only_subscribes_to_api_topics_and_rpc_reaches_only_its_device(platform: Platform) -> None:

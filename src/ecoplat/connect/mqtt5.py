@@ -249,19 +249,23 @@ class TranslatingWriter(WriterAdapter):
         if not self._state.v5:
             self._inner.write(data)
             return
-        # amqtt writes one whole packet per call; the buffer only guards against a split write.
+        # amqtt writes one whole packet per call, the broker's PUBACKs come several to a call;
+        # the buffer only guards against a split write. One call, one write to the socket.
         self._pending += data
+        out: list[bytes] = []
         while len(self._pending) >= 2:
             try:
                 length, start = decode_varint(self._pending, 1)
             except IndexError:
-                return
+                break
             end = start + length
             if len(self._pending) < end:
-                return
+                break
             packet = bytes(self._pending[:end])
             del self._pending[:end]
-            self._inner.write(v311_to_v5(packet, self._state))
+            out.append(v311_to_v5(packet, self._state))
+        if out:
+            self._inner.write(out[0] if len(out) == 1 else b"".join(out))
 
     async def drain(self) -> None:
         await self._inner.drain()
