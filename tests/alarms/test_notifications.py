@@ -157,3 +157,42 @@ def test_email_through_a_real_smtp_server_and_in_app_rows(pipeline: Pipeline) ->
         assert len(rows) == 1 and rows[0].body == "E-101 chlorine 4.0 ppm" and rows[0].priority == 1
     finally:
         smtp.stop()
+
+
+def test_channels_created_changed_or_removed_take_effect_on_the_next_alarm(pipeline: Pipeline) -> None:
+    # The alarm writer keeps each enterprise's channels in memory; a change made through the
+    # service must reach it for the very next alarm, not after some expiry.
+    from ecoplat.alarms import service
+    from ecoplat.alarms.schemas import ChannelIn, ChannelPatch
+
+    with pipeline.database.session() as db:
+        plant = make_plant(db, devices=("E-101",))
+        rule = make_rule(db, plant.enterprise_id, device_id=plant.device_id("E-101"), key="cl2_ppm",
+                         params={"limit": 1.0}, priority=1)
+    pipeline.alarms.reload_rule(rule.id)
+    admin = plant.people["enterprise_admin"].principal
+
+    def outbox() -> list[tuple[int | None, str]]:
+        with pipeline.database.session() as db:
+            return [(m.channel_id, m.event["transition"]) for m in db.scalars(
+                select(OutboxMessage).where(OutboxMessage.enterprise_id == plant.enterprise_id)
+                .order_by(OutboxMessage.id))]
+
+    def change(fn: Callable[..., Any], **kw: Any) -> Any:
+        with pipeline.database.session() as db:
+            service.publish_after_commit(db, pipeline.events.publish)
+            out = fn(db, actor=admin, **kw)
+            return getattr(out, "id", None)
+
+    _push(pipeline, plant, [0.5, 4.0, 0.5])  # no channel yet: nothing to send, the cache knows
+    assert outbox() == []
+    first = change(service.create_channel, data=ChannelIn(name="console", kind="in_app"))
+    _push(pipeline, plant, [4.0])
+    assert outbox() == [(first, "alarm")]
+    change(service.update_channel, channel_id=first, data=ChannelPatch(enabled=False))
+    second = change(service.create_channel, data=ChannelIn(name="log", kind="in_app", actions=["return_to_normal"]))
+    _push(pipeline, plant, [0.5])
+    assert outbox() == [(first, "alarm"), (second, "return_to_normal")]
+    change(service.delete_channel, channel_id=second)  # its outbox rows go with it
+    _push(pipeline, plant, [4.0, 0.5])
+    assert outbox() == [(first, "alarm")]

@@ -66,6 +66,7 @@ class AlarmRuntime:
         self.clock = clock
         self.engine = RuleEngine(device_resolver=self._resolve_device)
         self.dispatcher = dispatcher or Dispatcher(database)
+        self.channels = service.ChannelCache()
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._points: queue.SimpleQueue[tuple[Sequence[Point], float] | None] = queue.SimpleQueue()
         # Seconds from points accepted by ingest to their alarm events on the bus (the last 10,000).
@@ -105,6 +106,7 @@ class AlarmRuntime:
         self._unsubscribe.append(self.events.add_listener("alarm_rule.", self._on_rule_event))
         # A device claimed, deleted or re-credentialed is looked up afresh on its next point.
         self._unsubscribe.append(self.events.add_listener("credentials.", self._on_device_event))
+        self._unsubscribe.append(self.events.add_listener("notification_channel.", self._on_channel_event))
         self.dispatcher.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -190,6 +192,10 @@ class AlarmRuntime:
             except Exception:
                 log.exception("reloading alarm rule %s failed", rule_id)
 
+    def _on_channel_event(self, event: Event) -> None:
+        ent = event.topic.rpartition(".")[2]
+        self.channels.forget(int(ent) if ent.isdigit() else None)
+
     def _on_device_event(self, event: Event) -> None:
         device_id = event.data.get("device_id")
         if isinstance(device_id, int):
@@ -252,7 +258,13 @@ class AlarmRuntime:
                 with self.database.session() as db:
                     service.publish_after_commit(db, self.events.publish)
                     lock = (lambda db=db: self._take_write_lock(db)) if self.database.is_sqlite else None
-                    service.apply_condition_changes(db, changes, lock=lock)
+                    # The first try trusts what this process keeps current (the channel cache, the
+                    # engine's rules); a retry, e.g. after a rule deleted meanwhile failed the
+                    # foreign key, reads both from the database.
+                    first = attempt == 0
+                    service.apply_condition_changes(
+                        db, changes, lock=lock, channels=self.channels if first else None,
+                        known_rules={c.rule_id for c in changes if self.engine.has_rule(c.rule_id)} if first else None)
                 self.changes_written += len(changes)
                 self.dispatcher.wake()
                 return True

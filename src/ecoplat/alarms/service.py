@@ -8,7 +8,8 @@ events for the bus are collected on the session and published only after it comm
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -409,6 +410,58 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelRef:
+    """What routing an alarm to a channel needs (the outbox row carries the channel id)."""
+
+    id: int
+    enterprise_id: int
+    actions: tuple[str, ...]
+    max_priority: int
+
+
+ChannelSource = Callable[[Session, set[int]], Mapping[int, Sequence[Any]]]
+
+
+class ChannelCache:
+    """The enabled channels per enterprise, for the alarm writer: read once, dropped when a
+    channel of that enterprise changes (event notification_channel.<enterprise>)."""
+
+    def __init__(self) -> None:
+        self._by_ent: dict[int, tuple[ChannelRef, ...]] = {}
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, db: Session, enterprise_ids: set[int]) -> dict[int, tuple[ChannelRef, ...]]:
+        with self._lock:
+            cached = {e: self._by_ent[e] for e in enterprise_ids if e in self._by_ent}
+            generation = self._generation
+        missing = enterprise_ids - cached.keys()
+        if missing:
+            loaded = db.execute(select(NotificationChannel.id, NotificationChannel.enterprise_id,
+                                       NotificationChannel.actions, NotificationChannel.max_priority)
+                                .where(NotificationChannel.enterprise_id.in_(missing),
+                                       NotificationChannel.enabled.is_(True))
+                                .order_by(NotificationChannel.id)).all()
+            fresh: dict[int, list[ChannelRef]] = {e: [] for e in missing}
+            for cid, ent, actions, max_priority in loaded:
+                fresh[ent].append(ChannelRef(cid, ent, tuple(actions or ()), max_priority))
+            with self._lock:
+                for ent, refs in fresh.items():
+                    cached[ent] = tuple(refs)
+                    if generation == self._generation:  # nothing changed while reading
+                        self._by_ent[ent] = cached[ent]
+        return cached
+
+    def forget(self, enterprise_id: int | None = None) -> None:
+        with self._lock:
+            self._generation += 1
+            if enterprise_id is None:
+                self._by_ent.clear()
+            else:
+                self._by_ent.pop(enterprise_id, None)
+
+
 def enabled_channels(db: Session, enterprise_ids: Iterable[int]) -> dict[int, list[NotificationChannel]]:
     out: dict[int, list[NotificationChannel]] = {}
     ids = list(set(enterprise_ids))
@@ -548,7 +601,7 @@ def _max_alarm_id(db: Session) -> int:
     return db.scalar(select(func.max(Alarm.id))) or 0
 
 
-def _plan(db: Session, changes: Sequence[ConditionChange], channels: dict[int, list[NotificationChannel]],
+def _plan(db: Session, changes: Sequence[ConditionChange], channels: Mapping[int, Sequence[Any]],
           existing_rules: set[int]) -> _Plan:
     """Runs the changes through the ISA-18.2 state machine; writes nothing. The alarms it reads
     leave the session again: the plan's rows are written by Core statements."""
@@ -585,7 +638,7 @@ def _plan(db: Session, changes: Sequence[ConditionChange], channels: dict[int, l
     records: list[tuple[Alarm, sm.Transition, dict[str, Any], Any, Sequence[NotificationChannel]]] = []
 
     def step(alarm: Alarm, new: sm.AlarmStatus, t: sm.Transition | None, value: Any,
-             chans: Sequence[NotificationChannel]) -> None:
+             chans: Sequence[Any]) -> None:
         _set_status(alarm, new, t)
         if t is not None:
             records.append((alarm, t, {f: getattr(alarm, f) for f in _EVENT_FIELDS}, value, chans))
@@ -743,7 +796,9 @@ def _write_plan(db: Session, plan: _Plan, prepared: list[tuple[str, str]] | None
 
 
 def apply_condition_changes(db: Session, changes: Sequence[ConditionChange], *,
-                            lock: Callable[[], None] | None = None) -> list[Alarm]:
+                            lock: Callable[[], None] | None = None,
+                            channels: ChannelSource | None = None,
+                            known_rules: set[int] | None = None) -> list[Alarm]:
     """Writes the alarms and transitions of a batch of condition changes (one transaction, the
     caller commits). A re-trigger of an open alarm updates it instead of opening a second one.
 
@@ -754,12 +809,17 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange], *,
     size. Holding SQLite's only write lock holds up the ingest writer, and in a busy process
     every Python step and every statement waits for the GIL. When an operator action or
     another writer got in between, the plan is made again under the lock. A rule or channel
-    deleted meanwhile fails the write on its foreign key; the caller retries."""
-    channels = enabled_channels(db, (c.enterprise_id for c in changes))
+    deleted meanwhile fails the write on its foreign key; the caller retries.
+
+    `channels` and `known_rules` let a caller that keeps them current (the alarm runtime: a
+    channel cache, the rules its engine holds) spare the reads; a retry passes neither."""
+    ents = {c.enterprise_id for c in changes}
+    channels_of = channels(db, ents) if channels is not None else enabled_channels(db, ents)
     rule_ids = {c.rule_id for c in changes}
-    existing_rules = set(db.scalars(select(AlarmRule.id).where(AlarmRule.id.in_(rule_ids))))
+    existing_rules = (rule_ids & known_rules if known_rules is not None
+                      else set(db.scalars(select(AlarmRule.id).where(AlarmRule.id.in_(rule_ids)))))
     sqlite = not _is_postgres(db)
-    plan = _plan(db, changes, channels, existing_rules)
+    plan = _plan(db, changes, channels_of, existing_rules)
     prepared = _sqlite_writes(db, plan) if sqlite else None
     if lock is not None:
         lock()
@@ -770,7 +830,7 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange], *,
         check = select(Alarm.id, Alarm.updated_at).where(
             planned if plan.max_id is None else or_(planned, Alarm.id > plan.max_id))
         if dict(db.execute(check).tuples().all()) != plan.seen:
-            plan = _plan(db, changes, channels, existing_rules)
+            plan = _plan(db, changes, channels_of, existing_rules)
             prepared = _sqlite_writes(db, plan) if sqlite else None
     _write_plan(db, plan, prepared)
     return plan.touched
@@ -814,6 +874,7 @@ def create_channel(db: Session, *, actor: Principal, data: ChannelIn, ip: str = 
                              enabled=data.enabled)
     db.add(ch)
     db.flush()
+    _queue_event(db, f"notification_channel.{ch.enterprise_id}", {"channel_id": ch.id})
     audit.record(db, actor=actor, action="create", entity_type="notification_channel", entity_id=ch.id,
                  after={"name": ch.name, "kind": ch.kind, "config": _channel_config_for_audit(ch.config)},
                  enterprise_id=ch.enterprise_id, ip=ip)
@@ -855,6 +916,7 @@ def update_channel(db: Session, *, actor: Principal, channel_id: int, data: Chan
     ch.name, ch.config, ch.max_priority = candidate.name, candidate.config, candidate.max_priority
     ch.actions, ch.enabled = list(candidate.actions), candidate.enabled
     db.flush()
+    _queue_event(db, f"notification_channel.{ch.enterprise_id}", {"channel_id": ch.id})
     audit.record(db, actor=actor, action="update", entity_type="notification_channel", entity_id=ch.id,
                  before=before, after={"name": ch.name, "config": _channel_config_for_audit(ch.config),
                                        "enabled": ch.enabled}, enterprise_id=ch.enterprise_id, ip=ip)
@@ -867,6 +929,7 @@ def delete_channel(db: Session, *, actor: Principal, channel_id: int, ip: str = 
     ent, name = ch.enterprise_id, ch.name
     db.delete(ch)
     db.flush()
+    _queue_event(db, f"notification_channel.{ent}", {"channel_id": channel_id, "deleted": True})
     audit.record(db, actor=actor, action="delete", entity_type="notification_channel", entity_id=channel_id,
                  before={"name": name}, enterprise_id=ent, ip=ip)
 
