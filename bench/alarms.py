@@ -168,6 +168,87 @@ def run_publishers(port: int, tokens: list[str], device_names: list[str], messag
     return procs + keep
 
 
+# ------------------------------------------------------------------------------ the floor
+
+
+class _Floor:
+    """What the bare broker's hook saw: ms from each message's ts to its arrival."""
+
+    latencies: list[float] = []  # noqa: RUF012 (one broker per process)
+
+
+def _floor_plugin() -> type:
+    from amqtt.plugins.base import BasePlugin
+
+    class FloorPlugin(BasePlugin):  # type: ignore[type-arg]
+        async def on_broker_message_received(self, *, client_id: str, message: Any) -> None:
+            import orjson
+
+            now = time.time() * 1000
+            for samples in orjson.loads(message.data).values():
+                _Floor.latencies.append(now - samples[0]["ts"])
+
+    return FloorPlugin
+
+
+def __getattr__(name: str) -> Any:
+    # amqtt loads plugins by dotted path; built lazily so importing this module needs no amqtt.
+    if name == "FloorPlugin":
+        globals()[name] = _floor_plugin()
+        return globals()[name]
+    raise AttributeError(name)
+
+
+def bare_broker(port: int, ready: Any, stop: Any, out: Any) -> None:
+    """A bare amqtt broker (QoS 1 acknowledged on receipt, nothing stored) whose hook only
+    decodes each message and notes its latency: publisher + broker, the floor under the
+    platform's publish → alarm latency."""
+    import asyncio
+    import logging
+
+    from amqtt.broker import Broker
+
+    # The plugin lives in the module amqtt imports by name, even when this one runs as __main__.
+    from bench.alarms import _Floor
+
+    logging.getLogger("amqtt").setLevel(logging.ERROR)
+
+    async def run() -> None:
+        broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+                         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+                                     "bench.alarms.FloorPlugin": {}}})
+        await broker.start()
+        ready.set()
+        await asyncio.to_thread(stop.wait)
+        out.put(list(_Floor.latencies))
+        await broker.shutdown()
+
+    asyncio.run(run())
+
+
+def floor(tokens: list[str], names: list[str], messages: int, rate: float, excursion: float,
+          processes: int) -> list[float]:
+    """The latency phase's publishers, at its rate, against a bare broker."""
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    broker = ctx.Process(target=bare_broker, args=(port, ready, stop, out), daemon=True)
+    broker.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("the bare amqtt broker did not start")
+        procs = run_publishers(port, tokens, names, messages, rate, excursion, 300, processes)
+        join(procs)
+        time.sleep(0.5)
+        stop.set()
+        return [ms / 1000 for ms in out.get(timeout=60)]
+    finally:
+        stop.set()
+        broker.join(10)
+        if broker.is_alive():
+            broker.kill()
+
+
 # ------------------------------------------------------------------------------ phases
 
 
@@ -282,6 +363,9 @@ def main() -> None:
         alarm_failures = runtime.write_failures
         platform_part = latency_summary(list(runtime.accepted_to_event_s))
 
+    console.print(f"floor: the same publishers at {rate:.0f} msgs/s against a bare amqtt broker …")
+    floor_lat = latency_summary(floor(seeded["gateway_tokens"], names, messages, rate, args.excursion,
+                                      args.processes))
     lat = latency_summary(latencies)
     result = {
         "benchmark": "alarms",
@@ -306,6 +390,10 @@ def main() -> None:
         # rest of publish → event is the publisher, the broker and the payload parsing).
         "p50_accepted_to_alarm_ms": platform_part["p50_ms"],
         "p99_accepted_to_alarm_ms": platform_part["p99_ms"],
+        # Baseline in the same run: publish → arrival at a bare amqtt broker that stores nothing
+        # and acknowledges at once (the publishers' and the broker's own share of the latency).
+        "floor_p50_ms": floor_lat["p50_ms"],
+        "floor_p99_ms": floor_lat["p99_ms"],
         "load_average_1m": round(os.getloadavg()[0], 2),
         "max_alarm_ms": lat["max_ms"],
         "alarm_write_failures": alarm_failures,
