@@ -327,7 +327,9 @@ async def _ticker(runtime: AlarmRuntime) -> None:
     while True:
         await asyncio.sleep(runtime.tick_interval_s)
         try:
-            runtime.tick()
+            # In a worker thread: the tick waits for the engine's lock, which an evaluation
+            # holds for milliseconds, and the event loop meanwhile serves MQTT and HTTP.
+            await asyncio.to_thread(runtime.tick)
         except Exception:
             log.exception("alarm tick failed")
 
