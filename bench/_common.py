@@ -6,12 +6,14 @@ as the last line of stdout, so scripts and tests can read it with `json.loads(li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import multiprocessing as mp
 import socket
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -102,3 +104,23 @@ def wait_for_http(url: str, *, timeout_s: float = 60.0, proc: Any = None) -> Non
             last_error = f"{type(e).__name__}: {e}"
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout_s} s ({last_error})")
+
+
+@contextlib.contextmanager
+def bare_broker_process(target: Callable[..., None], args: tuple[Any, ...], *, stop: Callable[[], None],
+                        what: str = "the bare amqtt broker") -> Iterator[None]:
+    """Runs target(*args, ready) in a spawned process (a baseline broker), waits until it sets
+    `ready`, and on the way out calls stop(), then joins the process or kills it."""
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=target, args=(*args, ready), daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError(f"{what} did not start")
+        yield
+    finally:
+        stop()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()

@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench._common import console, free_port, latency_summary, print_final_json
+from bench._common import bare_broker_process, console, free_port, latency_summary, print_final_json
 
 KEYS = [f"k{i}" for i in range(10)]
 NORMAL = {"k0": 50.0, "k1": 50.0, "k2": 50.0, "k3": 50.0, "k4": 50.0, "k5": 50.0, "k6": 50.0, "k7": 50.0,
@@ -199,7 +199,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def bare_broker(port: int, ready: Any, stop: Any, out: Any) -> None:
+def bare_broker(port: int, stop: Any, out: Any, ready: Any) -> None:
     """A bare amqtt broker (QoS 1 acknowledged on receipt, nothing stored) whose hook only
     decodes each message and notes its latency: publisher + broker, the floor under the
     platform's publish → alarm latency."""
@@ -231,22 +231,12 @@ def floor(tokens: list[str], names: list[str], messages: int, rate: float, excur
     """The latency phase's publishers, at its rate, against a bare broker."""
     ctx = mp.get_context("spawn")
     port = free_port()
-    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    broker = ctx.Process(target=bare_broker, args=(port, ready, stop, out), daemon=True)
-    broker.start()
-    try:
-        if not ready.wait(60):
-            raise RuntimeError("the bare amqtt broker did not start")
-        procs = run_publishers(port, tokens, names, messages, rate, excursion, 300, processes)
-        join(procs)
+    stop, out = ctx.Event(), ctx.Queue()
+    with bare_broker_process(bare_broker, (port, stop, out), stop=stop.set):
+        join(run_publishers(port, tokens, names, messages, rate, excursion, 300, processes))
         time.sleep(0.5)
         stop.set()
         return [ms / 1000 for ms in out.get(timeout=60)]
-    finally:
-        stop.set()
-        broker.join(10)
-        if broker.is_alive():
-            broker.kill()
 
 
 # ------------------------------------------------------------------------------ phases

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import (
+    bare_broker_process,
     console,
     free_port,
     make_progress,
@@ -197,7 +198,7 @@ def _decode_only_plugin() -> type:
     return DecodeOnlyPlugin
 
 
-def bare_amqtt_broker(port: int, ready: Any, expected_q: Any, out: Any) -> None:
+def bare_amqtt_broker(port: int, expected_q: Any, out: Any, ready: Any) -> None:
     import asyncio
     import logging
 
@@ -411,22 +412,13 @@ def ceiling(host: str, port: int, specs: list[PubSpec], topics: list[str]) -> fl
 
 def amqtt_ceiling(specs_for: Any, count: int) -> float:
     port = free_port()
-    ready, expected_q, out = CTX.Event(), CTX.Queue(), CTX.Queue()
-    broker = CTX.Process(target=bare_amqtt_broker, args=(port, ready, expected_q, out), daemon=True)
-    broker.start()
-    try:
-        if not ready.wait(60):
-            raise RuntimeError("the bare amqtt broker did not start")
+    expected_q, out = CTX.Queue(), CTX.Queue()
+    with bare_broker_process(bare_amqtt_broker, (port, expected_q, out), stop=lambda: expected_q.put(None)):
         specs = specs_for(port)
         expected_q.put(sum(s.count for s in specs))
         t0, _ = run_publishers(specs)
         result = out.get(timeout=600)
         return sum(s.count for s in specs) / (result["last"] - t0)
-    finally:
-        expected_q.put(None)
-        broker.join(10)
-        if broker.is_alive():
-            broker.kill()
 
 
 def sse_latencies(base: str, token: str, device_id: int, stop: threading.Event, out: list[float]) -> None:
