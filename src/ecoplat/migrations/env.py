@@ -6,6 +6,7 @@ from alembic import context
 
 from ecoplat.db import Base, make_engine
 from ecoplat.models import load_all_models
+from ecoplat.telemetry.sqlite import TABLES as TELEMETRY_FILE_TABLES
 
 load_all_models()
 config = context.config
@@ -28,9 +29,6 @@ def run_migrations_online() -> None:
 UNMODELLED = ("enterprises_fts", "ix_enterprises_name_trgm")
 
 
-# On SQLite the telemetry store's tables live in a file of their own (migration 0006).
-TELEMETRY_FILE_TABLES = ("telemetry_series", "telemetry_raw", "telemetry_latest", "telemetry_agg_1m",
-                         "telemetry_agg_1h")
 
 
 def _include_name(name, type_, parent_names) -> bool:  # type: ignore[no-untyped-def]
@@ -40,6 +38,7 @@ def _include_name(name, type_, parent_names) -> bool:  # type: ignore[no-untyped
 def _include_object_for(dialect: str):  # type: ignore[no-untyped-def]
     def include(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
         table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+        # On SQLite the telemetry store's tables live in a file of their own (migration 0006).
         return not (dialect == "sqlite" and table in TELEMETRY_FILE_TABLES)
 
     return include
