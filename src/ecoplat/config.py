@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # with the same peak throughput; at peak the writer is busy anyway and batches fill by size.
     ingest_batch_max_ms: int = 10
     ingest_queue_max_points: int = 200_000
+    # The telemetry store's writes in a child process (telemetry/writer.py): they then hold no
+    # GIL the broker, the rule engine and the alarm writer wait for. False writes in-process.
+    telemetry_write_process: bool = True
     max_payload_bytes: int = 65_536
 
     # events

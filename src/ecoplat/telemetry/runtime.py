@@ -30,7 +30,8 @@ async def _retention_loop(app: FastAPI) -> None:
 
 
 async def start(app: FastAPI) -> None:
-    app.state.telemetry = await asyncio.to_thread(open_store, app.state.db.url)
+    app.state.telemetry = await asyncio.to_thread(
+        open_store, app.state.db.url, write_process=app.state.settings.telemetry_write_process)
     app.state.telemetry_retention_task = asyncio.create_task(_retention_loop(app),
                                                              name="telemetry-retention")
 

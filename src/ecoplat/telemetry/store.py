@@ -4,33 +4,62 @@ default, PostgreSQL (partitioned, COPY) when the platform runs on PostgreSQL."""
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import make_url
-
-from ecoplat.config import Settings
 from ecoplat.telemetry.base import SqlTelemetryStore
 
+if TYPE_CHECKING:
+    from ecoplat.config import Settings
 
-def open_store(url_or_settings: str | Settings) -> SqlTelemetryStore:
+# SQLAlchemy and the settings are imported where used: the writer process imports this module
+# for open_target() alone, and starts faster without them.
+
+
+def open_store(url_or_settings: str | Settings, *, write_process: bool = False) -> SqlTelemetryStore:
     """A TelemetryStore for a SQLAlchemy URL (or the settings' database URL). The tables must
-    exist (migrations 0002 and, on SQLite, 0006)."""
-    url = (url_or_settings.resolved_database_url if isinstance(url_or_settings, Settings)
-           else url_or_settings)
+    exist (migrations 0002 and, on SQLite, 0006). With write_process, its writes run in a child
+    process and its reads here (telemetry/writer.py): what the platform process does."""
+    url = url_or_settings if isinstance(url_or_settings, str) else url_or_settings.resolved_database_url
+    target = store_target(url)
+    reader = open_target(target)
+    if not write_process:
+        return reader
+    from ecoplat.telemetry.writer import ProcessWriteStore
+
+    try:
+        return ProcessWriteStore(target, reader)
+    except BaseException:
+        reader.close()
+        raise
+
+
+def store_target(url: str) -> tuple[str, str]:
+    """(backend, where): the telemetry file of a SQLite URL, the libpq conninfo of a PostgreSQL one."""
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        from ecoplat.telemetry.sqlite import SqliteTelemetryStore, telemetry_path
+        from ecoplat.telemetry.sqlite import telemetry_path
 
         if not parsed.database or parsed.database == ":memory:":
             raise ValueError("the SQLite telemetry store needs a database file, not :memory:")
-        return SqliteTelemetryStore(telemetry_path(parsed.database))
+        return "sqlite", telemetry_path(parsed.database)
     if backend == "postgresql":
-        from ecoplat.telemetry.postgres import PostgresTelemetryStore
-
-        conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-        return PostgresTelemetryStore(conninfo)
+        return "postgresql", parsed.set(drivername="postgresql").render_as_string(hide_password=False)
     raise ValueError(f"no telemetry store for database URL scheme '{parsed.drivername}'")
+
+
+def open_target(target: tuple[str, str]) -> SqlTelemetryStore:
+    """Opens a store_target() (without SQLAlchemy: the writer process imports only this)."""
+    backend, where = target
+    if backend == "sqlite":
+        from ecoplat.telemetry.sqlite import SqliteTelemetryStore
+
+        return SqliteTelemetryStore(where)
+    from ecoplat.telemetry.postgres import PostgresTelemetryStore
+
+    return PostgresTelemetryStore(where)
 
 
 _open_lock = threading.Lock()
