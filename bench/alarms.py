@@ -264,11 +264,6 @@ def throughput_round(app: Any, port: int, tokens: list[str], names: list[str], m
     return messages / (end - start)
 
 
-def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def _writer_cpu(store: Any) -> float | None:
     """CPU seconds of the store's writer process (None when it writes in this process)."""
     fn = getattr(store, "writer_cpu_seconds", None)
@@ -321,6 +316,7 @@ def main() -> None:
     from ecoplat.events import Event
     from ecoplat.logs import setup_logging
     from ecoplat.migrations_runner import upgrade
+    from ecoplat.telemetry.writer import cpu_seconds
 
     setup_logging("WARNING", json=False)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ecoplat-bench-alarms-"))
@@ -374,13 +370,13 @@ def main() -> None:
         remove = app.state.events.add_listener("alarm.", on_alarm)
         runtime.accepted_to_event_s.clear()
         store = app.state.telemetry
-        cpu_start, writer_cpu_start, stat_start = _cpu_seconds(), _writer_cpu(store), _machine_stat()
+        cpu_start, writer_cpu_start, stat_start = cpu_seconds(), _writer_cpu(store), _machine_stat()
         target = ingest.stats.points_written + messages * len(KEYS)
         procs = run_publishers(port, seeded["gateway_tokens"], names, messages, rate, args.excursion, 300,
                                args.processes)
         start = time.perf_counter()
         end = wait_points(app, target, timeout=600)
-        cpu_end, writer_cpu_end, stat_end = _cpu_seconds(), _writer_cpu(store), _machine_stat()
+        cpu_end, writer_cpu_end, stat_end = cpu_seconds(), _writer_cpu(store), _machine_stat()
         join(procs)
         runtime.drain(30)
         time.sleep(0.2)

@@ -61,6 +61,12 @@ def _stop(process: subprocess.Popen[bytes]) -> int | None:
         return process.wait(STOP_TIMEOUT_S)
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) this process has used."""
+    t = os.times()
+    return t.user + t.system
+
+
 def _portable(e: BaseException) -> BaseException:
     """The exception itself when it survives pickling, else a RuntimeError saying what it was."""
     import pickle
@@ -101,8 +107,7 @@ def _serve(target: tuple[str, str], conn: Connection) -> None:
                     points: Sequence[Point] = Frames(frames) if frames is not None else rows
                     result: Any = store.write(points, enterprise_of)
                 elif op == "cpu_seconds":
-                    t = os.times()
-                    result = t.user + t.system
+                    result = cpu_seconds()
                 elif op in ("apply_retention", "delete_device"):
                     result = getattr(store, op)(*args)
                 else:
@@ -232,7 +237,6 @@ class ProcessWriteStore(SqlTelemetryStore):
                     pass
             self._discard()
         self.reader.close()
-
 
 
 def main() -> None:
