@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # The telemetry store's writes in a child process (telemetry/writer.py): they then hold no
     # GIL the broker, the rule engine and the alarm writer wait for. False writes in-process.
     telemetry_write_process: bool = True
+    # The alarm writes likewise (alarms/writer.py); in-process regardless where the database is
+    # in memory or the sessions are bound to one connection (tests).
+    alarm_write_process: bool = True
     max_payload_bytes: int = 65_536
 
     # events

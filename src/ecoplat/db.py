@@ -107,6 +107,7 @@ class Database:
                  **session_kwargs: Any) -> None:
         self.url = url
         self.engine = engine or make_engine(url)
+        self._bound_elsewhere = bind is not None
         # Tests bind sessions to one connection inside a transaction that is rolled back.
         self.sessionmaker = sessionmaker(bind=bind if bind is not None else self.engine,
                                          expire_on_commit=False, **session_kwargs)
@@ -114,6 +115,14 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
+
+    @property
+    def shareable(self) -> bool:
+        """Whether another process opening `url` sees the same data as these sessions: not an
+        in-memory SQLite database, nor sessions bound to one connection (a test's transaction)."""
+        if self._bound_elsewhere:
+            return False
+        return not (self.is_sqlite and self.engine.url.database in (None, "", ":memory:"))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -14,6 +14,7 @@ import pytest
 
 from ecoplat.alarms.notifications import Dispatcher
 from ecoplat.alarms.runtime import AlarmRuntime
+from ecoplat.alarms.writer import ProcessAlarmWriter
 from ecoplat.connect.ingest import IngestPipeline
 from ecoplat.db import Database
 from ecoplat.events import Event, EventBus
@@ -63,9 +64,11 @@ def pipeline(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     ingest = IngestPipeline(database=database, store=store, events=events, batch_max_points=1000,
                             batch_max_ms=5)
     ingest.start()
-    # The dispatcher polls fast here so notification tests need not wait long.
+    # The dispatcher polls fast here so notification tests need not wait long. The alarm writes
+    # run in a child process, as in the app.
     runtime = AlarmRuntime(database, events, dispatcher=Dispatcher(database, poll_interval_s=0.05,
-                                                                   backoff_base_s=0.05, backoff_max_s=0.2))
+                                                                   backoff_base_s=0.05, backoff_max_s=0.2),
+                           writer=ProcessAlarmWriter(url))
     runtime.start()
     unsubscribe = ingest.add_receiver(runtime.on_points)
     seen: list[Event] = []

@@ -4,10 +4,12 @@
                                      RuleEngine.evaluate (a dict lookup per point)
                                               │ condition changes (rare)
                                               ▼
-                              alarm writer thread: one transaction per batch
-                              (alarms, transitions, outbox rows) ──commit──► events alarm.<ent>
-                                              │
-                                              └──wake──► notification dispatcher thread
+                              alarm thread ──changes──► alarm writer (a child process in the
+                                              │         app: alarms/writer.py): one transaction
+                                              │         per batch (alarms, transitions, outbox)
+                                              ◄──events, once committed──┘
+                                   publish alarm.<ent> on the bus
+                                              └──wake (new outbox rows)──► notification dispatcher
 
 Points reach the rules as the ingest queue accepts them, beside the telemetry write rather than
 after it: an alarm does not wait for the historian's write, and the rules never delay the
@@ -38,12 +40,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
 
 from ecoplat.alarms import service
 from ecoplat.alarms.engine import ConditionChange, DeviceInfo, RuleEngine, RuleError
 from ecoplat.alarms.models import AlarmRule
 from ecoplat.alarms.notifications import Dispatcher
+from ecoplat.alarms.writer import AlarmWriter, ProcessAlarmWriter, Written
+from ecoplat.childproc import WorkerProcessError
 from ecoplat.db import Database
 from ecoplat.events import Event, EventBus
 from ecoplat.telemetry.points import Point, join_points
@@ -51,22 +54,20 @@ from ecoplat.telemetry.points import Point, join_points
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 1.0
-# The alarm writer's wait for SQLite's write lock: polled this often, given up after (as the
-# busy timeout every connection has).
-LOCK_POLL_S = 0.0005
-LOCK_TIMEOUT_S = 30.0
 
 
 class AlarmRuntime:
     def __init__(self, database: Database, events: EventBus, *, tick_interval_s: float = TICK_INTERVAL_S,
-                 dispatcher: Dispatcher | None = None, clock: Callable[[], float] = time.time) -> None:
+                 dispatcher: Dispatcher | None = None, clock: Callable[[], float] = time.time,
+                 writer: AlarmWriter | ProcessAlarmWriter | None = None) -> None:
         self.database = database
         self.events = events
         self.tick_interval_s = tick_interval_s
         self.clock = clock
         self.engine = RuleEngine(device_resolver=self._resolve_device)
         self.dispatcher = dispatcher or Dispatcher(database)
-        self.channels = service.ChannelCache()
+        # In this process unless the caller passes one (the app: a ProcessAlarmWriter).
+        self.writer: AlarmWriter | ProcessAlarmWriter = writer or AlarmWriter(database)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._points: queue.SimpleQueue[tuple[Sequence[Point], float] | None] = queue.SimpleQueue()
         # Seconds from points accepted by ingest to their alarm events on the bus (the last 10,000).
@@ -121,6 +122,7 @@ class AlarmRuntime:
             self._queue.put(("stop", None))
             self._thread.join(timeout)
             self._thread = None
+        self.writer.close()
         self.dispatcher.stop()
 
     # -- inputs -------------------------------------------------------------------------------
@@ -194,7 +196,11 @@ class AlarmRuntime:
 
     def _on_channel_event(self, event: Event) -> None:
         ent = event.topic.rpartition(".")[2]
-        self.channels.forget(int(ent) if ent.isdigit() else None)
+        try:
+            self.writer.forget_channels(int(ent) if ent.isdigit() else None)
+        except Exception:
+            # A writer process that died starts afresh, with an empty cache, on its next call.
+            log.exception("telling the alarm writer that channels of %s changed failed", ent)
 
     def _on_device_event(self, event: Event) -> None:
         device_id = event.data.get("device_id")
@@ -253,59 +259,37 @@ class AlarmRuntime:
                 return
 
     def _write(self, changes: list[ConditionChange]) -> bool:
-        for attempt in range(3):
+        # The rules this engine holds spare the writer reading them (a retry there reads them).
+        known_rules = {c.rule_id for c in changes if self.engine.has_rule(c.rule_id)}
+        for attempt in range(2):
             try:
-                with self.database.session() as db:
-                    service.publish_after_commit(db, self.events.publish)
-                    lock = (lambda db=db: self._take_write_lock(db)) if self.database.is_sqlite else None
-                    # The first try trusts what this process keeps current (the channel cache, the
-                    # engine's rules); a retry, e.g. after a rule deleted meanwhile failed the
-                    # foreign key, reads both from the database.
-                    first = attempt == 0
-                    service.apply_condition_changes(
-                        db, changes, lock=lock, channels=self.channels if first else None,
-                        known_rules={c.rule_id for c in changes if self.engine.has_rule(c.rule_id)} if first else None)
-                self.changes_written += len(changes)
-                self.dispatcher.wake()
-                return True
+                written = self.writer.write(changes, known_rules)
+            except WorkerProcessError:
+                # The child died; the next call starts a new one, which reads the open alarms
+                # before it writes. Had the batch committed before the child died, the replay
+                # finds its alarms already in that state (a re-trigger updates, a clear of a
+                # cleared alarm does nothing): on record once, but their events are not sent.
+                log.exception("the alarm writer process failed writing %d changes (attempt %d)",
+                              len(changes), attempt + 1)
+                continue
             except Exception:
-                log.exception("writing %d alarm changes failed (attempt %d)", len(changes), attempt + 1)
-                time.sleep(0.05 * (attempt + 1))
+                log.exception("writing %d alarm changes failed", len(changes))
+                break
+            self._published(written)
+            self.changes_written += len(changes)
+            return True
         self.write_failures += 1
         return False
 
-    def _take_write_lock(self, db: Any) -> None:
-        """On SQLite, takes the database's write lock for the alarm write; the open alarms are
-        checked under it, so no operator action commits between that check and the write
-        (PostgreSQL gets the same from SELECT … FOR UPDATE).
-
-        The lock is polled every half millisecond rather than left to SQLite's busy handler,
-        which sleeps 1, 2, 5, 10 … 100 ms between tries: the ingest writer holds the lock for a
-        few to tens of milliseconds per batch and takes it again soon after, and each of those
-        sleeps could overshoot the gap by as much as it lasted."""
-        if not self.database.is_sqlite:
-            return
-        conn = db.connection()
-        conn.exec_driver_sql("PRAGMA busy_timeout = 0")
-        try:
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
-            while True:
-                try:
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-                    return
-                except OperationalError as e:
-                    if "locked" not in str(e) or time.monotonic() > deadline:
-                        raise
-                time.sleep(LOCK_POLL_S)
-        finally:
-            conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
+    def _published(self, written: Written) -> None:
+        for topic, data in written.events:
+            self.events.publish(topic, data)
+        if written.outbox_rows:
+            self.dispatcher.wake()
 
     def _expire(self) -> None:
         try:
-            with self.database.session() as db:
-                service.publish_after_commit(db, self.events.publish)
-                if service.expire_shelving(db):
-                    self.dispatcher.wake()
+            self._published(self.writer.expire())
         except Exception:
             log.exception("expiring shelved alarms failed")
 
@@ -335,7 +319,11 @@ async def _ticker(runtime: AlarmRuntime) -> None:
 
 
 async def start(app: FastAPI) -> None:
-    runtime = AlarmRuntime(app.state.db, app.state.events)
+    database: Database = app.state.db
+    writer = None
+    if app.state.settings.alarm_write_process and database.shareable:
+        writer = await asyncio.to_thread(ProcessAlarmWriter, database.url)
+    runtime = AlarmRuntime(database, app.state.events, writer=writer)
     await asyncio.to_thread(runtime.start)
     ingest = getattr(app.state, "ingest", None)
     if ingest is not None:

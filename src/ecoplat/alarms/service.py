@@ -47,6 +47,7 @@ from ecoplat.tenancy import audit
 from ecoplat.tenancy.auth import Principal
 
 PENDING_EVENTS = "ecoplat.alarm_events"
+OUTBOX_ROWS = "ecoplat.alarm_outbox_rows"
 RULE_EVENTS = "ecoplat.alarm_rule_events"
 
 
@@ -87,6 +88,17 @@ def publish_after_commit(db: Session, publish: Callable[[str, dict[str, Any]], N
 def _queue_event(db: Session, topic: str, data: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
     """Queues an event for after the commit; given a function, it builds the data then."""
     db.info.setdefault(PENDING_EVENTS, []).append((topic, data))
+
+
+def _count_outbox(db: Session, rows: int) -> None:
+    if rows:
+        db.info[OUTBOX_ROWS] = db.info.get(OUTBOX_ROWS, 0) + rows
+
+
+def outbox_rows_written(db: Session) -> int:
+    """Notifications this session has queued in the outbox (the dispatcher need only wake for
+    them)."""
+    return int(db.info.get(OUTBOX_ROWS, 0))
 
 
 def alarm_event(alarm: Alarm, transition: str) -> dict[str, Any]:
@@ -400,6 +412,7 @@ def _record(db: Session, alarm: Alarm, t: sm.Transition, data: dict[str, Any], v
         if t.action in (ch.actions or []) and alarm.priority <= ch.max_priority:
             db.add(OutboxMessage(enterprise_id=alarm.enterprise_id, channel_id=ch.id, alarm_id=alarm.id,
                                  event=data, next_attempt_at=utcnow()))
+            _count_outbox(db, 1)
 
 
 def _json_value(value: Any) -> Any:
@@ -791,6 +804,7 @@ def _write_plan(db: Session, plan: _Plan, prepared: list[tuple[str, str]] | None
             db.execute(_UPDATE_ALARM, plan.updates)
         _insert_rows(db, AlarmTransition.__table__, plan.transitions)
         _insert_rows(db, OutboxMessage.__table__, plan.outbox)
+    _count_outbox(db, len(plan.outbox))
     for topic, data in plan.events:
         _queue_event(db, topic, data)
 
