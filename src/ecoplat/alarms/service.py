@@ -843,7 +843,7 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange], *,
                        Alarm.closed_at.is_(None))
         check = select(Alarm.id, Alarm.updated_at).where(
             planned if plan.max_id is None else or_(planned, Alarm.id > plan.max_id))
-        if dict(db.execute(check).tuples().all()) != plan.seen:
+        if dict(db.execute(check).all()) != plan.seen:
             plan = _plan(db, changes, channels_of, existing_rules)
             prepared = _sqlite_writes(db, plan) if sqlite else None
     _write_plan(db, plan, prepared)
