@@ -58,7 +58,7 @@ def platform(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     url = new_database_url(backend, tmp)
     upgrade(url)
     tenant = seed_tenant(url, devices=("cell-1", "cell-2", "detector-1", "bad-1", "revoked-1", "ack-1", "rpc-a",
-                                       "rpc-b", "pipe-1"),
+                                       "rpc-b", "pipe-1", "bad-topic-1"),
                          gateways=("gw-1",), limits=LIMITS)
     set_revoked(url, tenant.device("revoked-1")[0])
     port = free_port()
@@ -320,6 +320,33 @@ def test_pipelined_qos1_publishes_are_all_acknowledged_in_order(platform: Platfo
     assert [int.from_bytes(a[2:], "big") for a in acks] == list(range(1, 41))
     stored = latest(platform.http, platform.tenant, device_id)["n"]
     assert stored == {"ts": base + 40, "value": 40}
+
+
+def test_a_malformed_publish_closes_the_connection_and_what_came_before_stays_stored(platform: Platform) -> None:
+    # MQTT 3.1.1 section 4.8: a packet that breaks the protocol ends the connection. What was
+    # acknowledged before it stays stored, and the device may connect again.
+    import socket
+
+    device_id, token = platform.tenant.device("bad-topic-1")
+    ts = int(time.time() * 1000) - 5_000
+
+    def connect(sock: socket.socket) -> None:
+        body = _utf8("MQTT") + bytes([4, 0x82]) + (30).to_bytes(2, "big") + _utf8("bad-topic-1") + _utf8(token)
+        sock.sendall(_packet(0x10, body))
+        assert sock.recv(4) == b"\x20\x02\x00\x00"
+
+    with socket.create_connection(("127.0.0.1", platform.port), timeout=10) as sock:
+        connect(sock)
+        good = _utf8("v1/devices/me/telemetry") + (7).to_bytes(2, "big") + orjson.dumps(
+            {"ts": ts, "values": {"n": 1}})
+        sock.sendall(_packet(0x32, good))
+        assert sock.recv(4) == b"\x40\x02\x00\x07"  # PUBACK: stored
+        bad_topic = (4).to_bytes(2, "big") + b"v1\xff\xfe"  # not UTF-8
+        sock.sendall(_packet(0x32, bad_topic + (8).to_bytes(2, "big") + b"{}"))
+        assert sock.recv(4096) == b""  # closed, with no PUBACK for it
+    assert latest(platform.http, platform.tenant, device_id)["n"] == {"ts": ts, "value": 1}
+    with socket.create_connection(("127.0.0.1", platform.port), timeout=10) as sock:
+        connect(sock)  # a new connection is served as usual
 
 
 def test_device_only_subscribes_to_api_topics_and_rpc_reaches_only_its_device(platform: Platform) -> None:
