@@ -812,7 +812,8 @@ def _write_plan(db: Session, plan: _Plan, prepared: list[tuple[str, str]] | None
 def apply_condition_changes(db: Session, changes: Sequence[ConditionChange], *,
                             lock: Callable[[], None] | None = None,
                             channels: ChannelSource | None = None,
-                            known_rules: set[int] | None = None) -> list[Alarm]:
+                            known_rules: set[int] | None = None,
+                            plan_under_lock: bool = False) -> list[Alarm]:
     """Writes the alarms and transitions of a batch of condition changes (one transaction, the
     caller commits). A re-trigger of an open alarm updates it instead of opening a second one.
 
@@ -825,6 +826,10 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange], *,
     another writer got in between, the plan is made again under the lock. A rule or channel
     deleted meanwhile fails the write on its foreign key; the caller retries.
 
+    With `plan_under_lock` the lock is taken first and the plan made once under it, with no
+    check: for a writer in a process of its own (alarms/writer.py), where planning waits for no
+    GIL, and the check cost more than the lock is held for meanwhile.
+
     `channels` and `known_rules` let a caller that keeps them current (the alarm runtime: a
     channel cache, the rules its engine holds) spare the reads; a retry passes neither."""
     ents = {c.enterprise_id for c in changes}
@@ -833,6 +838,9 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange], *,
     existing_rules = (rule_ids & known_rules if known_rules is not None
                       else set(db.scalars(select(AlarmRule.id).where(AlarmRule.id.in_(rule_ids)))))
     sqlite = not _is_postgres(db)
+    if lock is not None and plan_under_lock:
+        lock()
+        lock = None  # held from here to the commit
     plan = _plan(db, changes, channels_of, existing_rules)
     prepared = _sqlite_writes(db, plan) if sqlite else None
     if lock is not None:

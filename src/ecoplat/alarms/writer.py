@@ -49,10 +49,14 @@ class Written:
 
 
 class AlarmWriter:
-    """Writes in this process, on `database`; keeps the enabled channels per enterprise."""
+    """Writes in this process, on `database`; keeps the enabled channels per enterprise.
 
-    def __init__(self, database: Database) -> None:
+    `alone`: this process does nothing else (the child), so the SQLite write lock is taken
+    before planning rather than after (service.apply_condition_changes, plan_under_lock)."""
+
+    def __init__(self, database: Database, *, alone: bool = False) -> None:
         self.database = database
+        self.alone = alone
         self.channels = service.ChannelCache()
 
     def write(self, changes: Sequence[ConditionChange], known_rules: set[int] | None = None) -> Written:
@@ -78,7 +82,8 @@ class AlarmWriter:
     def _apply(self, changes: Sequence[ConditionChange], db: Any, *, channels: service.ChannelSource | None,
                known_rules: set[int] | None) -> None:
         lock = (lambda: take_sqlite_write_lock(db)) if self.database.is_sqlite else None
-        service.apply_condition_changes(db, changes, lock=lock, channels=channels, known_rules=known_rules)
+        service.apply_condition_changes(db, changes, lock=lock, channels=channels, known_rules=known_rules,
+                                        plan_under_lock=self.alone)
 
     def expire(self) -> Written:
         """Returns shelved alarms whose expiry has passed (service.expire_shelving)."""
@@ -145,7 +150,8 @@ class ProcessAlarmWriter:
     def _apply(self, changes: Sequence[ConditionChange], db: Any, *, channels: service.ChannelSource | None,
                known_rules: set[int] | None) -> None:
         lock = (lambda: take_sqlite_write_lock(db)) if self.database.is_sqlite else None
-        service.apply_condition_changes(db, changes, lock=lock, channels=channels, known_rules=known_rules)
+        service.apply_condition_changes(db, changes, lock=lock, channels=channels, known_rules=known_rules,
+                                        plan_under_lock=self.alone)
 
     def expire(self) -> Written:
         return self._worker.call("expire")  # type: ignore[no-any-return]
@@ -169,7 +175,7 @@ class _Handler:
 
         load_all_models()  # the alarm tables' foreign keys name other domains' tables
         self.database = Database(url)
-        self.writer = AlarmWriter(self.database)
+        self.writer = AlarmWriter(self.database, alone=True)
 
     def handle(self, op: str, args: tuple[Any, ...]) -> Any:
         if op == "write":
