@@ -7,6 +7,8 @@ ASSETS := src/ecoplat/web/static/vendor/.stamp
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# The suite runs in this many processes (pytest-xdist); tests on the shared Mosquitto stay in one.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install assets browser lint bench-tenancy bench-ingest bench-alarms clean
 
@@ -14,7 +16,7 @@ demo: install assets ## start the platform with demo data on the embedded defaul
 	$(VENV)/bin/ecoplat demo
 
 test: install assets browser ## run the whole suite
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 install: $(STAMP)
 

@@ -74,6 +74,15 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (make test), the tests on the machine's own Mosquitto run in one worker:
+    its topic space is shared by every process, and two bridges on it would take each other's
+    messages. Everything else brings its own database, broker and ports."""
+    for item in items:
+        if "mosquitto" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("system-mosquitto"))
+
+
 @pytest.fixture(scope="session")
 def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One migrated database per backend for the whole run."""
