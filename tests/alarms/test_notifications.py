@@ -196,3 +196,52 @@ def test_channels_created_changed_or_removed_take_effect_on_the_next_alarm(pipel
     change(service.delete_channel, channel_id=second)  # its outbox rows go with it
     _push(pipeline, plant, [4.0, 0.5])
     assert outbox() == [(first, "alarm")]
+
+
+def test_deleting_a_channel_during_a_delivery_waits_for_it_instead_of_deadlocking(pipeline: Pipeline,
+                                                                                  backend: str) -> None:
+    """PostgreSQL: a delivery locks its outbox rows and then writes rows that reference the
+    channel (in-app); deleting the channel meanwhile must wait for it, not deadlock with it."""
+    if backend != "postgres":
+        pytest.skip("SQLite lets one writer in at a time: there are no row locks to take in order")
+    from sqlalchemy import func
+
+    from ecoplat.alarms import service
+    from ecoplat.tenancy.models import Role
+
+    from .builders import make_person
+
+    plant, _ = _setup(pipeline, "in_app", {})
+    with pipeline.database.session() as db:
+        admin = make_person(db, plant.enterprise_id, Role.enterprise_admin).principal
+    _push(pipeline, plant, [2.0])
+    with pipeline.database.session() as db:
+        channel_id, alarm_id = db.execute(
+            select(OutboxMessage.channel_id, OutboxMessage.alarm_id).where(
+                OutboxMessage.enterprise_id == plant.enterprise_id)).one()
+    locked = threading.Event()
+    errors: list[Exception] = []
+
+    def deliver() -> None:  # what the dispatcher does for an in-app channel, slowed down
+        try:
+            with pipeline.database.session() as db:
+                db.execute(select(OutboxMessage.id).where(OutboxMessage.channel_id == channel_id)
+                           .with_for_update()).all()
+                locked.set()
+                time.sleep(0.5)  # the channel's deletion starts meanwhile
+                db.add(InAppNotification(enterprise_id=plant.enterprise_id, channel_id=channel_id,
+                                         alarm_id=alarm_id, priority=1, title="chlorine high"))
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    delivery = threading.Thread(target=deliver)
+    delivery.start()
+    assert locked.wait(10)
+    with pipeline.database.session() as db:
+        service.delete_channel(db, actor=admin, channel_id=channel_id)
+    delivery.join(10)
+    assert errors == []
+    with pipeline.database.session() as db:
+        assert db.get(NotificationChannel, channel_id) is None
+        assert db.scalar(select(func.count()).select_from(OutboxMessage)
+                         .where(OutboxMessage.channel_id == channel_id)) == 0

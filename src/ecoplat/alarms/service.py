@@ -949,6 +949,12 @@ def delete_channel(db: Session, *, actor: Principal, channel_id: int, ip: str = 
     actor.require("alarms:configure")
     ch = get_channel(db, actor=actor, channel_id=channel_id)
     ent, name = ch.enterprise_id, ch.name
+    # The dispatcher locks outbox rows and then, delivering in-app, references their channel;
+    # deleting the channel and its outbox rows by cascade takes the two the other way round,
+    # and PostgreSQL ends one of the two transactions as a deadlock. So the channel's outbox
+    # rows are locked first (waiting for a delivery in progress to commit), then the channel.
+    db.execute(select(OutboxMessage.id).where(OutboxMessage.channel_id == ch.id)
+               .order_by(OutboxMessage.id).with_for_update())
     db.delete(ch)
     db.flush()
     _queue_event(db, f"notification_channel.{ent}", {"channel_id": channel_id, "deleted": True})
