@@ -117,7 +117,9 @@ class WorkerProcess:
     """The parent's side: starts `python -m module FD`, sends it `setup`, and runs calls in it
     one at a time (a lock orders callers from several threads)."""
 
-    def __init__(self, module: str, setup: Any, *, name: str) -> None:
+    def __init__(self, module: str, setup: Any, *, name: str, wait: bool = True) -> None:
+        """Starts the child; with `wait`, returns once it is ready (or raises why it is not),
+        else its first call waits for that."""
         self.module = module
         self.setup = setup
         self.name = name
@@ -125,15 +127,25 @@ class WorkerProcess:
         self._call_lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        self._starting = False
         self._closed = False
         with self._call_lock:
             self._start()
+            if wait:
+                self._ready()
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def wait_ready(self) -> None:
+        """Returns once the child has started (or raises why it did not)."""
+        with self._call_lock:
+            self._ready()
+
     def _start(self) -> None:
+        """Starts the child and sends its setup; its answer is read by _ready(), so the caller
+        (an app starting up) goes on while the child imports what it needs."""
         ours, theirs = socket.socketpair()
         with theirs:
             process = subprocess.Popen([sys.executable, "-m", self.module, str(theirs.fileno())],
@@ -141,22 +153,33 @@ class WorkerProcess:
         conn = Connection(ours.detach())
         try:
             conn.send(self.setup)
-            if not conn.poll(START_TIMEOUT_S):
-                raise WorkerProcessError(f"the {self.name} process did not start within {START_TIMEOUT_S:.0f} s")
-            status, value = conn.recv()
-        except (EOFError, OSError) as e:
-            code = _stop(process)
-            conn.close()
-            raise WorkerProcessError(f"the {self.name} process exited on start (code {code})") from e
         except BaseException:
             _stop(process)
             conn.close()
             raise
+        self._process, self._conn, self._starting = process, conn, True
+
+    def _ready(self) -> None:
+        """Waits for the child's answer to its setup (once after each start)."""
+        if not self._starting:
+            return
+        conn, process = self._conn, self._process
+        assert conn is not None and process is not None
+        try:
+            if not conn.poll(START_TIMEOUT_S):
+                raise WorkerProcessError(f"the {self.name} process did not start within {START_TIMEOUT_S:.0f} s")
+            status, value = conn.recv()
+        except (EOFError, OSError) as e:
+            code = process.poll()
+            self._discard()
+            raise WorkerProcessError(f"the {self.name} process exited on start (code {code})") from e
+        except BaseException:
+            self._discard()
+            raise
         if status == "error":
-            _stop(process)
-            conn.close()
+            self._discard()
             raise value
-        self._process, self._conn = process, conn
+        self._starting = False
         log.debug("%s process %s started", self.name, value)
 
     def _discard(self) -> None:
@@ -166,6 +189,7 @@ class WorkerProcess:
         if self._process is not None:
             _stop(self._process)
         self._process = self._conn = None
+        self._starting = False
 
     def call(self, op: str, *args: Any) -> Any:
         """Runs `op` in the child and returns its result, or raises what it raised there."""
@@ -176,6 +200,7 @@ class WorkerProcess:
                 self.restarts += 1
                 log.warning("starting a new %s process (restart %d)", self.name, self.restarts)
                 self._start()
+            self._ready()
             assert self._conn is not None
             try:
                 self._conn.send((op, args))
@@ -195,6 +220,9 @@ class WorkerProcess:
             if self._closed:
                 return
             self._closed = True
+            if self._starting:
+                with contextlib.suppress(Exception):
+                    self._ready()  # its setup answer first, then the stop
             if self._conn is not None:
                 try:
                     self._conn.send(None)

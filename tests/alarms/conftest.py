@@ -70,6 +70,7 @@ def pipeline(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                                                                    backoff_base_s=0.05, backoff_max_s=0.2),
                            writer=ProcessAlarmWriter(url))
     runtime.start()
+    runtime.writer.wait_ready()  # type: ignore[union-attr]
     unsubscribe = ingest.add_receiver(runtime.on_points)
     seen: list[Event] = []
     remove = events.add_listener("alarm.", seen.append)

@@ -134,7 +134,8 @@ class ProcessAlarmWriter:
     A child that dies fails the call in progress (WorkerProcessError); the next starts anew."""
 
     def __init__(self, url: str) -> None:
-        self._worker = WorkerProcess("ecoplat.alarms.writer", url, name="alarm writer")
+        # The app goes on starting while the child imports (seconds): the first write waits.
+        self._worker = WorkerProcess("ecoplat.alarms.writer", url, name="alarm writer", wait=False)
 
     @property
     def pid(self) -> int | None:
@@ -143,6 +144,9 @@ class ProcessAlarmWriter:
     @property
     def restarts(self) -> int:
         return self._worker.restarts
+
+    def wait_ready(self) -> None:
+        self._worker.wait_ready()
 
     def write(self, changes: Sequence[ConditionChange], known_rules: set[int] | None = None) -> Written:
         return self._worker.call("write", list(changes), known_rules)  # type: ignore[no-any-return]
