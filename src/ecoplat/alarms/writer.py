@@ -151,12 +151,6 @@ class ProcessAlarmWriter:
     def write(self, changes: Sequence[ConditionChange], known_rules: set[int] | None = None) -> Written:
         return self._worker.call("write", list(changes), known_rules)  # type: ignore[no-any-return]
 
-    def _apply(self, changes: Sequence[ConditionChange], db: Any, *, channels: service.ChannelSource | None,
-               known_rules: set[int] | None) -> None:
-        lock = (lambda: take_sqlite_write_lock(db)) if self.database.is_sqlite else None
-        service.apply_condition_changes(db, changes, lock=lock, channels=channels, known_rules=known_rules,
-                                        plan_under_lock=self.alone)
-
     def expire(self) -> Written:
         return self._worker.call("expire")  # type: ignore[no-any-return]
 
