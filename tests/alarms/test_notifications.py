@@ -198,12 +198,12 @@ def test_channels_created_changed_or_removed_take_effect_on_the_next_alarm(pipel
     assert outbox() == [(first, "alarm")]
 
 
+# PostgreSQL only: SQLite lets one writer in at a time, so there are no row locks to order.
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_deleting_a_channel_during_a_delivery_waits_for_it_instead_of_deadlocking(pipeline: Pipeline,
                                                                                   backend: str) -> None:
-    """PostgreSQL: a delivery locks its outbox rows and then writes rows that reference the
-    channel (in-app); deleting the channel meanwhile must wait for it, not deadlock with it."""
-    if backend != "postgres":
-        pytest.skip("SQLite lets one writer in at a time: there are no row locks to take in order")
+    """A delivery locks its outbox rows and then writes rows that reference the channel
+    (in-app); deleting the channel meanwhile must wait for it, not deadlock with it."""
     from sqlalchemy import func
 
     from ecoplat.alarms import service
