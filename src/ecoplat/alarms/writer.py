@@ -11,8 +11,9 @@ the platform's alarm thread only sends the changes and waits without the GIL; wh
 is the events, built after the child's commit, which it publishes on the bus.
 
 Correctness does not depend on where it runs: operator actions (acknowledge, shelve) commit in
-the API's sessions, and the write checks the open alarms under the write lock before it writes
-(service.apply_condition_changes), as it would against any other writer."""
+the API's sessions, and the write reads the open alarms it changes under SQLite's write lock
+(in the child it plans under the lock; in-process it plans first and checks under the lock) or,
+on PostgreSQL, with SELECT … FOR UPDATE (service.apply_condition_changes)."""
 
 from __future__ import annotations
 
