@@ -5,7 +5,6 @@ value recovers the alarm leaves the list of open alarms, live."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from tests.browser import launch_chromium
 
 from ecoplat.config import Settings
 from ecoplat.db import Database
@@ -25,11 +25,6 @@ from .builders import SECRET, Plant, make_plant, make_rule
 from .conftest import free_port, new_database_url
 
 pytestmark = [pytest.mark.browser]
-
-CHROMIUM = os.environ.get("ECOPLAT_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
 
 @dataclass
 class Served:
@@ -84,7 +79,7 @@ def test_console_updates_live_and_operator_acknowledges_from_the_page(served: Se
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_chromium(pw)
         try:
             context = browser.new_context()
             context.add_cookies([{"name": "ecoplat_access", "value": served.plant.people["operator"].token,

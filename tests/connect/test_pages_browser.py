@@ -9,12 +9,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from sqlalchemy import select, update
+from tests.browser import launch_chromium
 from tests.connect.conftest import seed
 
 from ecoplat.connect.models import Device
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 @pytest.mark.browser
@@ -43,7 +41,7 @@ def test_live_chart_shows_history_and_values_arriving_over_sse(server):
             s.execute(update(Device).where(Device.id == device_id)
                       .values(last_seen_at=datetime.now(UTC) - timedelta(hours=1)))
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = launch_chromium(p)
             try:
                 context = browser.new_context()
                 context.add_cookies([{"name": "ecoplat_access", "value": tenant.user_token,

@@ -16,16 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.browser import launch_chromium
 from tests.conftest import free_port
 
 from ecoplat.demo import CREDENTIALS_FILE, DEMO_SME_ADMIN
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM = os.environ.get("ECOPLAT_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
 
 @dataclass
 class RunningDemo:
@@ -115,20 +111,13 @@ def test_two_demos_run_side_by_side_each_with_its_own_data(demos: list[RunningDe
             assert client.get("/api/health").status_code == 200
 
 
-def _launch_chromium(playwright):  # type: ignore[no-untyped-def]
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `make browser` (installs Debian's chromium) "
-                    "or set ECOPLAT_TEST_CHROMIUM to a Chromium binary.", pytrace=False)
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-
-
 def test_sme_admin_signs_in_switches_language_and_sees_site_tree(demos: list[RunningDemo]) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     demo = demos[0]
     account = demo.account(DEMO_SME_ADMIN)
     with sync_playwright() as p:
-        browser = _launch_chromium(p)
+        browser = launch_chromium(p)
         try:
             context = browser.new_context(locale="en-US")
             page = context.new_page()
