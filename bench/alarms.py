@@ -25,7 +25,6 @@ import random
 import secrets
 import statistics
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -100,51 +99,51 @@ def publisher(port: int, tokens: list[str], names: list[str], messages: int, rat
 
     The platform acknowledges a QoS 1 message only once it is durable and reads a connection's
     packets in order, so one connection carries about one message per ingest batch in flight;
-    many connections (as many devices and gateways would open) give the parallelism."""
+    many connections (as many devices and gateways would open) give the parallelism. One event
+    loop drives them all (bench._mqtt), so a message is on its socket when it is stamped."""
+    import asyncio
+
     import orjson
-    import paho.mqtt.client as mqtt
+
+    from bench._mqtt import Publisher, topic_field
 
     rnd = random.Random(seed_value)
-    clients = []
-    for token in tokens:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{token[:8]}")
-        client.username_pw_set(token)
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
-        connected = threading.Event()
-        client.on_connect = lambda *a, ev=connected: ev.set()
-        client.connect("127.0.0.1", port, keepalive=60)
-        client.loop_start()
-        connected.wait(30)
-        clients.append(client)
-    # Each device is published through one gateway connection.
-    routes = [(clients[i % len(clients)], name) for i, name in enumerate(names)]
-    high: set[str] = set()
-    infos = []
-    go.wait()
-    start = time.perf_counter()
-    for n in range(messages):
-        if rate > 0:
-            delay = start + n / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        client, name = routes[n % len(routes)]
-        values = {k: 50.0 + rnd.uniform(-5, 5) for k in KEYS}
-        if excursion and rnd.random() < excursion:
-            # Toggle this device's k0 across its limit: every excursion raises or clears an alarm.
+    topic = topic_field("v1/gateway/telemetry")
+
+    async def run() -> None:
+        clients = []
+        for token in tokens:
+            client = Publisher(max_inflight=1000)
+            await client.connect("127.0.0.1", port, f"bench-{token[:8]}", token)
+            clients.append(client)
+        # Each device is published through one gateway connection.
+        routes = [(clients[i % len(clients)], name) for i, name in enumerate(names)]
+        high: set[str] = set()
+        await asyncio.to_thread(go.wait)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for n in range(messages):
+            if rate > 0:
+                delay = start + n / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            client, name = routes[n % len(routes)]
+            values = {k: 50.0 + rnd.uniform(-5, 5) for k in KEYS}
+            if excursion and rnd.random() < excursion:
+                # Toggle this device's k0 across its limit: every excursion raises or clears an alarm.
+                if name in high:
+                    high.discard(name)
+                else:
+                    high.add(name)
             if name in high:
-                high.discard(name)
-            else:
-                high.add(name)
-        if name in high:
-            values["k0"] = 95.0
-        payload = orjson.dumps({name: [{"ts": int(time.time() * 1000), "values": values}]})
-        infos.append(client.publish("v1/gateway/telemetry", payload, qos=1))
-    for info in infos:
-        info.wait_for_publish(120)
-    for client in clients:
-        client.disconnect()
-        client.loop_stop()
+                values["k0"] = 95.0
+            await client.publish(topic, orjson.dumps({name: [{"ts": int(time.time() * 1000), "values": values}]}))
+        for client in clients:
+            await client.wait_acked(120)
+        for client in clients:
+            await client.disconnect()
+
+    asyncio.run(run())
     done.set()
 
 
