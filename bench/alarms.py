@@ -26,6 +26,7 @@ import secrets
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ def seed(url: str, devices: int, gateways: int) -> dict[str, Any]:
 
 
 def publisher(port: int, tokens: list[str], names: list[str], messages: int, rate: float, excursion: float,
-              go: Any, done: Any, seed_value: int) -> None:
+              go: Any, report: Any, seed_value: int) -> None:
     """Gateway connections (one per token) publishing `messages` samples round-robin over their
     devices, at `rate` messages per second in all (0 = as fast as the broker takes them).
 
@@ -121,7 +122,7 @@ def publisher(port: int, tokens: list[str], names: list[str], messages: int, rat
         high: set[str] = set()
         await asyncio.to_thread(go.wait)
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        start, cpu_start = loop.time(), time.process_time()
         for n in range(messages):
             if rate > 0:
                 delay = start + n / rate - loop.time()
@@ -138,34 +139,50 @@ def publisher(port: int, tokens: list[str], names: list[str], messages: int, rat
             if name in high:
                 values["k0"] = 95.0
             await client.publish(topic, orjson.dumps({name: [{"ts": int(time.time() * 1000), "values": values}]}))
+        sent = loop.time()
         for client in clients:
             await client.wait_acked(120)
+        report.put({"messages": messages, "send_s": sent - start, "cpu_s": time.process_time() - cpu_start})
         for client in clients:
             await client.disconnect()
 
     asyncio.run(run())
-    done.set()
+
+
+@dataclass
+class Publishers:
+    """Publisher processes at work; join() waits for them and sums up what they report."""
+
+    procs: list[Any]
+    go: Any
+    reports: Any
+
+    def join(self) -> dict[str, float]:
+        """{"msgs_s": the rate they sent at (all messages over the slowest one's sending time),
+        "cpu_ms_per_msg": their CPU per message}."""
+        got = [self.reports.get(timeout=300) for _ in self.procs]
+        for p in self.procs:
+            p.join(60)
+        messages = sum(r["messages"] for r in got)
+        return {"msgs_s": round(messages / max(max(r["send_s"] for r in got), 1e-9), 1),
+                "cpu_ms_per_msg": round(sum(r["cpu_s"] for r in got) * 1000 / max(messages, 1), 4)}
 
 
 def run_publishers(port: int, tokens: list[str], device_names: list[str], messages: int, rate: float,
-                   excursion: float, seed_value: int, processes: int) -> list[Any]:
-    """Starts the publisher processes; returns the processes and the events they share (kept
-    referenced until they are joined, or their semaphores vanish under the children)."""
+                   excursion: float, seed_value: int, processes: int) -> Publishers:
+    """Starts the publisher processes, waits until their connections are up and lets them go."""
     ctx = mp.get_context("spawn")
-    go = ctx.Event()
-    keep: list[Any] = [go]
+    go, reports = ctx.Event(), ctx.Queue()
     procs = []
     for i in range(processes):
-        done = ctx.Event()
-        keep.append(done)
         p = ctx.Process(target=publisher, args=(port, tokens[i::processes], device_names[i::processes],
-                                                messages // processes, rate / processes, excursion, go, done,
+                                                messages // processes, rate / processes, excursion, go, reports,
                                                 seed_value + i), daemon=True)
         p.start()
         procs.append(p)
     time.sleep(2.0)  # connections up
     go.set()
-    return procs + keep
+    return Publishers(procs, go, reports)
 
 
 # ------------------------------------------------------------------------------ the floor
@@ -233,7 +250,7 @@ def floor(tokens: list[str], names: list[str], messages: int, rate: float, excur
     port = free_port()
     stop, out = ctx.Event(), ctx.Queue()
     with bare_broker_process(bare_broker, (port, stop, out), stop=stop.set):
-        join(run_publishers(port, tokens, names, messages, rate, excursion, 300, processes))
+        run_publishers(port, tokens, names, messages, rate, excursion, 300, processes).join()
         time.sleep(0.5)
         stop.set()
         return [ms / 1000 for ms in out.get(timeout=60)]
@@ -257,10 +274,10 @@ def throughput_round(app: Any, port: int, tokens: list[str], names: list[str], m
                      seed_value: int, processes: int) -> float:
     messages -= messages % processes
     target = app.state.ingest.stats.points_written + messages * len(KEYS)
-    procs = run_publishers(port, tokens, names, messages, 0.0, 0.0, seed_value, processes)
+    publishers = run_publishers(port, tokens, names, messages, 0.0, 0.0, seed_value, processes)
     start = time.perf_counter()
     end = wait_points(app, target, timeout=600)
-    join(procs)
+    publishers.join()
     return messages / (end - start)
 
 
@@ -296,12 +313,6 @@ def _steal_share(start: list[int] | None, end: list[int] | None) -> float | None
         return None
     delta = [b - a for a, b in zip(start, end, strict=True)]
     return round(delta[7] / sum(delta), 3) if sum(delta) else None
-
-
-def join(procs: list[Any]) -> None:
-    for p in procs:
-        if isinstance(p, mp.process.BaseProcess):
-            p.join(60)
 
 
 def main() -> None:
@@ -383,13 +394,13 @@ def main() -> None:
         cpu_start, writer_cpu_start, stat_start = cpu_seconds(), _writer_cpu(store), _machine_stat()
         alarm_cpu_start = _alarm_writer_cpu(runtime.writer)
         target = ingest.stats.points_written + messages * len(KEYS)
-        procs = run_publishers(port, seeded["gateway_tokens"], names, messages, rate, args.excursion, 300,
+        publishers = run_publishers(port, seeded["gateway_tokens"], names, messages, rate, args.excursion, 300,
                                args.processes)
         start = time.perf_counter()
         end = wait_points(app, target, timeout=600)
         cpu_end, writer_cpu_end, stat_end = cpu_seconds(), _writer_cpu(store), _machine_stat()
         alarm_cpu_end = _alarm_writer_cpu(runtime.writer)
-        join(procs)
+        sent = publishers.join()
         runtime.drain(30)
         time.sleep(0.2)
         remove()
@@ -419,6 +430,10 @@ def main() -> None:
         # False when the platform fell behind the offered rate (on a shared machine, usually other
         # load): the queue then grows for the whole phase and the latencies measure the backlog.
         "latency_kept_up": achieved >= 0.97 * rate,
+        # What the publishers managed: below the rate asked, the load generator (not the platform)
+        # fell behind; and the CPU they took from the same two cores.
+        "publishers_msgs_s": sent["msgs_s"],
+        "publishers_cpu_ms_per_msg": sent["cpu_ms_per_msg"],
         "load_average_1m_at_latency_start": load_at_start,
         "alarm_events": received,
         # The alarm path's own share: points accepted by ingest → alarm event on the bus (the
