@@ -48,6 +48,9 @@ class Handler(Protocol):
     def close(self) -> None: ...
 
 
+IDLE_AFTER_S = 0.5
+
+
 def cpu_seconds() -> float:
     """CPU time (user + system) this process has used."""
     t = os.times()
@@ -76,7 +79,8 @@ def _stop(process: subprocess.Popen[bytes]) -> int | None:
 def serve(open_handler: Callable[[Any], Handler], *, name: str) -> None:
     """A child's main(): takes its end of the socket pair from argv, its setup from the first
     message, and runs the parent's calls in order until told to stop or the parent goes away.
-    `cpu_seconds` is an operation of every child."""
+    `cpu_seconds` is an operation of every child. A handler with an `idle()` method has it called
+    when no call came for IDLE_AFTER_S (work it put off, such as a flush, gets done)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Ctrl-C in a terminal reaches the whole process group; the parent stops the child in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -91,9 +95,16 @@ def serve(open_handler: Callable[[Any], Handler], *, name: str) -> None:
         conn.send(("error", _portable(e)))
         return
     conn.send(("ok", os.getpid()))
+    idle = getattr(handler, "idle", None)
     try:
         while True:
             try:
+                if idle is not None and not conn.poll(IDLE_AFTER_S):
+                    try:
+                        idle()
+                    except Exception:
+                        log.warning("%s: idle work failed", name, exc_info=True)
+                    continue
                 message = conn.recv()
             except (EOFError, OSError):
                 return  # the parent is gone

@@ -52,6 +52,9 @@ class SqlTelemetryStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def flush(self) -> None:  # noqa: B027 - a hook: only stores that put writes off override it
+        """Writes what the store put off (SQLite's deferred rollups); reads see it afterwards."""
+
     def _sql(self, sql: str) -> str:
         if self.placeholder == "?":
             return sql

@@ -15,13 +15,28 @@ committed batch survive a crash of the process, so write() returning means durab
 Replays: raw rows go in with INSERT OR IGNORE; when every row was new (the normal case) the batch
 is folded into the rollups incrementally. When some (series, ts) already existed, or repeated
 within the batch, the batch is upserted (the last value wins) and the touched buckets are
-recomputed from raw, so a replayed point is never counted twice."""
+recomputed from raw, so a replayed point is never counted twice.
+
+Deferred folding (`defer=True`, what the writer process uses): at a steady rate every series
+shows up about once per batch, so folding each batch costs three upserts per point (1 min, 1 h,
+latest) beside its one insert. A deferring store folds batches whose points are all within
+DEFER_WINDOW_MS of its clock into memory and writes the sums at most FLUSH_INTERVAL_S later, when
+idle, before any read of latest values or rollups (read-your-writes holds) and before
+retention, deletes and replays. Raw rows stay durable at write(); what a crash loses is only
+the in-memory sums, and the file says since when they are owed: the first deferring batch after
+a flush sets `PRAGMA user_version` (in its own transaction) to the minute the window starts,
+and the flush sets it back to 0. A writer opening a file with a mark recomputes the rollups and
+latest values from raw rows since that minute. An exclusive lock file (`<file>.writer`) held by
+the deferring store keeps any other process from doing that while its sums are in memory."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain, repeat
 from pathlib import Path
@@ -30,7 +45,7 @@ from typing import Any
 import orjson
 
 from ecoplat.telemetry.base import SqlTelemetryStore
-from ecoplat.telemetry.points import Frames, Point
+from ecoplat.telemetry.points import Bucket, Frames, Point, Sample
 from ecoplat.telemetry.query import HOUR_MS, MINUTE_MS, encode
 
 # Numbers and text go through separate statements so that no row binds a None: the sqlite3
@@ -107,6 +122,49 @@ def _fold(conn: sqlite3.Connection, sql: str, table: str, acc: dict[tuple[int, i
         return
     conn.execute(sql, (orjson.dumps([r for r in rows if r[3] - r[3] == 0]),))
     conn.executemany(_FOLD_ROW[table], [r for r in rows if r[3] - r[3] != 0])
+
+
+def _fold_now(conn: sqlite3.Connection, minute: dict[tuple[int, int], list[Any]],
+              latest: dict[int, tuple[int, Any, bool]]) -> None:
+    """Folds minute sums into the 1 min and 1 h rollups and upserts the latest values."""
+    hour: dict[tuple[int, int], list[Any]] = {}
+    for (sid, b), a in minute.items():
+        k = (sid, b - b % HOUR_MS)
+        h = hour.get(k)
+        if h is None:
+            hour[k] = list(a)
+        else:
+            h[0] += a[0]
+            h[1] += a[1]
+            h[2] = min(h[2], a[2])
+            h[3] = max(h[3], a[3])
+    if minute:
+        _fold(conn, _FOLD_1M, "telemetry_agg_1m", minute)
+        _fold(conn, _FOLD_1H, "telemetry_agg_1h", hour)
+    _upsert_latest(conn, latest)
+
+
+def _upsert_latest(conn: sqlite3.Connection, latest: dict[int, tuple[int, Any, bool]]) -> None:
+    conn.execute(_UPSERT_LATEST_NUM_JSON,
+                 (orjson.dumps([(sid, ts, v) for sid, (ts, v, num) in latest.items() if num]),))
+    texts = [(sid, ts, v) for sid, (ts, v, num) in latest.items() if not num]
+    if texts:
+        conn.executemany(_UPSERT_LATEST_STR, texts)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _recent(minute: dict[tuple[int, int], list[Any]], texts: list[tuple[int, int, str]], now: int) -> bool:
+    """Whether every point of a batch is within DEFER_WINDOW_MS of now (by its minute bucket:
+    what a rebuild from the marked minute covers)."""
+    lo = (now - DEFER_WINDOW_MS) // MINUTE_MS * MINUTE_MS
+    hi = now + DEFER_WINDOW_MS
+    return (all(lo <= b <= hi for _, b in minute)
+            and all(lo <= ts <= hi for _, ts, _ in texts))
+
+
 _RECOMPUTE_1M = ("INSERT INTO telemetry_agg_1m (series_id, bucket_ts, count, sum, min, max) "
                  "SELECT series_id, ?, count(v_num), sum(v_num), min(v_num), max(v_num) FROM telemetry_raw "
                  "WHERE series_id = ? AND ts >= ? AND ts < ? AND v_num IS NOT NULL GROUP BY series_id")
@@ -116,6 +174,48 @@ _RECOMPUTE_1H = ("INSERT INTO telemetry_agg_1h (series_id, bucket_ts, count, sum
 
 
 TABLES = ("telemetry_series", "telemetry_raw", "telemetry_latest", "telemetry_agg_1m", "telemetry_agg_1h")
+
+DEFER_WINDOW_MS = 60_000
+FLUSH_INTERVAL_S = 1.0
+
+# Recovery after a crash of a deferring writer: every bucket from the marked minute on, for all
+# series, rebuilt from what is on disk (the join reads each series' raw rows by its key).
+_REBUILD = (
+    "DELETE FROM telemetry_agg_1m WHERE bucket_ts >= :m",
+    "INSERT INTO telemetry_agg_1m (series_id, bucket_ts, count, sum, min, max) "
+    "SELECT r.series_id, r.ts - r.ts % 60000, count(r.v_num), sum(r.v_num), min(r.v_num), max(r.v_num) "
+    "FROM telemetry_series s JOIN telemetry_raw r ON r.series_id = s.id AND r.ts >= :m "
+    "WHERE r.v_num IS NOT NULL GROUP BY r.series_id, r.ts - r.ts % 60000",
+    "DELETE FROM telemetry_agg_1h WHERE bucket_ts >= :h",
+    "INSERT INTO telemetry_agg_1h (series_id, bucket_ts, count, sum, min, max) "
+    "SELECT a.series_id, a.bucket_ts - a.bucket_ts % 3600000, sum(a.count), sum(a.sum), min(a.min), max(a.max) "
+    "FROM telemetry_series s JOIN telemetry_agg_1m a ON a.series_id = s.id AND a.bucket_ts >= :h "
+    "GROUP BY a.series_id, a.bucket_ts - a.bucket_ts % 3600000",
+    "INSERT INTO telemetry_latest (series_id, ts, v_num, v_str) "
+    "SELECT s.id, r.ts, r.v_num, r.v_str FROM telemetry_series s JOIN telemetry_raw r ON r.series_id = s.id "
+    "AND r.ts = (SELECT max(ts) FROM telemetry_raw WHERE series_id = s.id AND ts >= :m) WHERE true "
+    "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, v_num = excluded.v_num, v_str = excluded.v_str "
+    "WHERE excluded.ts >= telemetry_latest.ts",
+)
+
+
+def _merge_minutes(into: dict[tuple[int, int], list[Any]], add: dict[tuple[int, int], list[Any]]) -> None:
+    for k, a in add.items():
+        m = into.get(k)
+        if m is None:
+            into[k] = a
+        else:
+            m[0] += a[0]
+            m[1] += a[1]
+            m[2] = min(m[2], a[2])
+            m[3] = max(m[3], a[3])
+
+
+def _merge_latest(into: dict[int, tuple[int, Any, bool]], add: dict[int, tuple[int, Any, bool]]) -> None:
+    for sid, v in add.items():
+        cur = into.get(sid)
+        if cur is None or v[0] >= cur[0]:
+            into[sid] = v
 
 
 def telemetry_path(database_path: str) -> str:
@@ -135,8 +235,10 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 class SqliteTelemetryStore(SqlTelemetryStore):
-    def __init__(self, path: str) -> None:
-        """path: the telemetry file itself (see telemetry_path), made by the migrations."""
+    def __init__(self, path: str, *, defer: bool = False) -> None:
+        """path: the telemetry file itself (see telemetry_path), made by the migrations.
+        defer: fold rollups and latest values in memory between flushes (see the module's doc);
+        granted only while no other store in any process holds the file's writer lock."""
         super().__init__()
         if not Path(path).is_file():
             raise FileNotFoundError(f"no telemetry store at {path}: run `ecoplat migrate` to create it")
@@ -154,6 +256,111 @@ class SqliteTelemetryStore(SqlTelemetryStore):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        # What deferred batches owe the rollups and latest values, and since when.
+        self._owed_1m: dict[tuple[int, int], list[Any]] = {}
+        self._owed_latest: dict[int, tuple[int, Any, bool]] = {}
+        self._owed_since: float | None = None
+        self._flushed = False  # in the open transaction
+        self._rebuild_due = False
+        self._lock_fd: int | None = None
+        self.defer = False
+        try:
+            self._claim(defer)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- the writer lock and recovery ---------------------------------------------------------
+    def _claim(self, defer: bool) -> None:
+        """Takes the writer lock if no one holds it: then sums a crashed deferring writer owed
+        are rebuilt, and a deferring store keeps the lock for its life."""
+        fd = os.open(self.path + ".writer", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return  # a deferring writer is alive: what it owes is in its memory
+        try:
+            with self._write_lock:
+                self._transaction(self._rebuild)
+        except BaseException:
+            os.close(fd)
+            raise
+        if defer:
+            self._lock_fd, self.defer = fd, True
+        else:
+            os.close(fd)
+
+    def _rebuild(self, conn: sqlite3.Connection) -> None:
+        """Rollups and latest values from the raw rows since the marked minute, if marked."""
+        marked = conn.execute("PRAGMA user_version").fetchone()[0]
+        if marked:
+            m = marked * MINUTE_MS
+            for sql in _REBUILD:
+                conn.execute(sql, {"m": m, "h": m - m % HOUR_MS})
+            conn.execute("PRAGMA user_version = 0")
+        self._rebuild_due = False
+
+    def _transaction(self, work: Any, *args: Any) -> Any:
+        """work(conn, *args) in one write transaction (under the write lock). On failure the
+        deferred sums are dropped and rebuilt from the file before the next write."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        self._flushed = False
+        try:
+            if self._rebuild_due:
+                self._rebuild(conn)
+            result = work(conn, *args)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            # Series ids created in the rolled-back transaction no longer exist.
+            self._series.clear()
+            if self._owed_since is not None or self._flushed:
+                self._owed_1m, self._owed_latest, self._owed_since = {}, {}, None
+                self._rebuild_due = True
+            raise
+        if self._flushed:
+            self._owed_1m, self._owed_latest, self._owed_since = {}, {}, None
+        return result
+
+    # -- deferred folding ---------------------------------------------------------------------
+    def _flush_owed(self, conn: sqlite3.Connection) -> None:
+        """Writes what deferred batches owe (cleared once the transaction commits)."""
+        if self._owed_since is None or self._flushed:
+            return
+        _fold_now(conn, self._owed_1m, self._owed_latest)
+        conn.execute("PRAGMA user_version = 0")
+        self._flushed = True
+
+    def flush(self) -> None:
+        """Writes what deferred batches owe now (reads, idle time and close call it)."""
+        if self._owed_since is None or self._closed:
+            return
+        with self._write_lock:
+            if self._owed_since is not None:
+                self._transaction(self._flush_owed)
+
+    def _defer(self, conn: sqlite3.Connection, minute: dict[tuple[int, int], list[Any]],
+               latest: dict[int, tuple[int, Any, bool]], now: int) -> None:
+        if self._owed_since is None:
+            # The file says from when sums may be owed, in the transaction that first owes them.
+            conn.execute(f"PRAGMA user_version = {(now - DEFER_WINDOW_MS) // MINUTE_MS:d}")
+            self._owed_since = time.monotonic()
+        _merge_minutes(self._owed_1m, minute)
+        _merge_latest(self._owed_latest, latest)
+        if time.monotonic() - self._owed_since >= FLUSH_INTERVAL_S:
+            self._flush_owed(conn)
+
+    def latest(self, device_id: int, keys: Sequence[str] | None = None) -> dict[str, Sample]:
+        self.flush()
+        return super().latest(device_id, keys)
+
+    def aggregate(self, device_id: int, keys: Sequence[str], start_ms: int, end_ms: int,
+                  interval_ms: int) -> dict[str, list[Bucket]]:
+        self.flush()
+        return super().aggregate(device_id, keys, start_ms, end_ms, interval_ms)
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
@@ -169,9 +376,15 @@ class SqliteTelemetryStore(SqlTelemetryStore):
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        with self._write_lock:
-            self._conn.close()
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            with self._write_lock:
+                self._conn.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the writer lock
+                self._lock_fd = None
         with self._readers_lock:
             for conn in self._readers:
                 with contextlib.suppress(sqlite3.Error):
@@ -183,17 +396,7 @@ class SqliteTelemetryStore(SqlTelemetryStore):
         if not points:
             return
         with self._write_lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._write_batch(conn, points, enterprise_of)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                # Series ids created in the rolled-back transaction no longer exist.
-                self._series.clear()
-                raise
+            self._transaction(self._write_batch, points, enterprise_of)
 
     def _write_batch(self, conn: sqlite3.Connection, points: Sequence[Point],
                      enterprise_of: Mapping[int, int]) -> None:
@@ -289,33 +492,24 @@ class SqliteTelemetryStore(SqlTelemetryStore):
         if texts:
             conn.executemany(_INSERT_RAW_STR, texts)
         if conn.total_changes - before == len(nums) // 3 + len(texts):
-            hour: dict[tuple[int, int], list[Any]] = {}
-            for (sid, b), a in minute.items():
-                k = (sid, b - b % HOUR_MS)
-                h = hour.get(k)
-                if h is None:
-                    hour[k] = list(a)
-                else:
-                    h[0] += a[0]
-                    h[1] += a[1]
-                    h[2] = min(h[2], a[2])
-                    h[3] = max(h[3], a[3])
-            _fold(conn, _FOLD_1M, "telemetry_agg_1m", minute)
-            _fold(conn, _FOLD_1H, "telemetry_agg_1h", hour)
-        else:
-            rows = self._ordered_rows(points)
-            self._replay(conn, rows)
-            # Repeated (series, ts) within the batch: the latest value is the last one written.
-            latest = {}
-            for sid, ts, vn, vs in rows:
-                cur = latest.get(sid)
-                if cur is None or ts >= cur[0]:
-                    latest[sid] = (ts, vs, False) if vn is None else (ts, vn, True)
-        conn.execute(_UPSERT_LATEST_NUM_JSON,
-                     (orjson.dumps([(sid, ts, v) for sid, (ts, v, num) in latest.items() if num]),))
-        if texts:
-            conn.executemany(_UPSERT_LATEST_STR,
-                             [(sid, ts, v) for sid, (ts, v, num) in latest.items() if not num])
+            now = _now_ms()
+            if self.defer and _recent(minute, texts, now):
+                self._defer(conn, minute, latest, now)
+            else:
+                _fold_now(conn, minute, latest)
+            return
+        # Some points existed: the touched buckets are rebuilt from raw rows, which already
+        # hold what deferred batches owe, so that is written first.
+        self._flush_owed(conn)
+        rows = self._ordered_rows(points)
+        self._replay(conn, rows)
+        # Repeated (series, ts) within the batch: the latest value is the last one written.
+        latest = {}
+        for sid, ts, vn, vs in rows:
+            cur = latest.get(sid)
+            if cur is None or ts >= cur[0]:
+                latest[sid] = (ts, vs, False) if vn is None else (ts, vn, True)
+        _upsert_latest(conn, latest)
 
     def _ordered_rows(self, points: Sequence[Point]) -> list[tuple[int, int, float | None, str | None]]:
         """The batch as (series_id, ts, v_num, v_str) in its own order (every series is known by
@@ -358,48 +552,41 @@ class SqliteTelemetryStore(SqlTelemetryStore):
             sids = [r[0] for r in conn.execute(
                 "SELECT id FROM telemetry_series WHERE enterprise_id = ? ORDER BY id", (enterprise_id,))]
         deleted = 0
-        for i in range(0, len(sids), 200):
-            chunk = sids[i:i + 200]
+
+        def delete(conn: sqlite3.Connection, chunk: list[int]) -> int:
+            self._flush_owed(conn)  # owed sums of these series must not land after the delete
             marks = ", ".join("?" * len(chunk))
+            n = conn.execute(f"DELETE FROM telemetry_raw WHERE series_id IN ({marks}) AND ts < ?",
+                             (*chunk, older_than_ms)).rowcount
+            conn.execute(f"DELETE FROM telemetry_agg_1m WHERE series_id IN ({marks}) AND bucket_ts <= ?",
+                         (*chunk, older_than_ms - MINUTE_MS))
+            return int(n)
+
+        for i in range(0, len(sids), 200):
             with self._write_lock:
-                conn = self._conn
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    deleted += conn.execute(
-                        f"DELETE FROM telemetry_raw WHERE series_id IN ({marks}) AND ts < ?",
-                        (*chunk, older_than_ms)).rowcount
-                    conn.execute(
-                        f"DELETE FROM telemetry_agg_1m WHERE series_id IN ({marks}) AND bucket_ts <= ?",
-                        (*chunk, older_than_ms - MINUTE_MS))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                    raise
+                deleted += self._transaction(delete, sids[i:i + 200])
         return deleted
 
     def delete_device(self, device_id: int) -> int:
         """Deletes every series of the device with its points, rollups and latest values (a
         deleted device's id must not hand its history to a device created later). Returns the
         number of raw points deleted."""
+
+        def delete(conn: sqlite3.Connection) -> int:
+            self._flush_owed(conn)  # owed sums of its series must not land after the delete
+            sids = [r[0] for r in conn.execute("SELECT id FROM telemetry_series WHERE device_id = ?",
+                                               (device_id,))]
+            marks = ", ".join("?" * len(sids))
+            deleted = 0
+            if sids:
+                deleted = conn.execute(f"DELETE FROM telemetry_raw WHERE series_id IN ({marks})", sids).rowcount
+                for table in ("telemetry_agg_1m", "telemetry_agg_1h", "telemetry_latest"):
+                    conn.execute(f"DELETE FROM {table} WHERE series_id IN ({marks})", sids)
+                conn.execute("DELETE FROM telemetry_series WHERE device_id = ?", (device_id,))
+            return int(deleted)
+
         with self._write_lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                sids = [r[0] for r in conn.execute("SELECT id FROM telemetry_series WHERE device_id = ?",
-                                                   (device_id,))]
-                marks = ", ".join("?" * len(sids))
-                deleted = 0
-                if sids:
-                    deleted = conn.execute(f"DELETE FROM telemetry_raw WHERE series_id IN ({marks})", sids).rowcount
-                    for table in ("telemetry_agg_1m", "telemetry_agg_1h", "telemetry_latest"):
-                        conn.execute(f"DELETE FROM {table} WHERE series_id IN ({marks})", sids)
-                    conn.execute("DELETE FROM telemetry_series WHERE device_id = ?", (device_id,))
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
+                return int(self._transaction(delete))
             finally:
                 self._series.by_device.pop(device_id, None)
-        return deleted

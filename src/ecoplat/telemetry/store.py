@@ -50,13 +50,14 @@ def store_target(url: str) -> tuple[str, str]:
     raise ValueError(f"no telemetry store for database URL scheme '{parsed.drivername}'")
 
 
-def open_target(target: tuple[str, str]) -> SqlTelemetryStore:
-    """Opens a store_target() (without SQLAlchemy: the writer process imports only this)."""
+def open_target(target: tuple[str, str], *, defer: bool = False) -> SqlTelemetryStore:
+    """Opens a store_target() (without SQLAlchemy: the writer process imports only this).
+    defer: the writer process's store, which may put rollups off (telemetry/sqlite.py)."""
     backend, where = target
     if backend == "sqlite":
         from ecoplat.telemetry.sqlite import SqliteTelemetryStore
 
-        return SqliteTelemetryStore(where)
+        return SqliteTelemetryStore(where, defer=defer)
     from ecoplat.telemetry.postgres import PostgresTelemetryStore
 
     return PostgresTelemetryStore(where)

@@ -11,8 +11,9 @@ PostgreSQL: readers see each committed batch).
     ingest writer thread ── write(points) ──► `python -m ecoplat.telemetry.writer FD`: open_target()
 
 Every write goes through the child (batches, retention, deleting a device's history): it owns
-the series cache, so no second writer can hold series ids the other has deleted. A call returns
-only once the child's store has returned, so write() still means durable. A child that dies
+the series cache and the rollups it puts off (telemetry/sqlite.py; reads here of latest values
+and rollups ask it to write those first), so no second writer can hold series ids the other has
+deleted. A call returns only once the child's store has returned, so write() still means durable. A child that dies
 (killed, out of memory) fails the call in progress, which ingest reports to the senders (QoS 1:
 they send again, and replays are idempotent), and the next call starts a new child."""
 
@@ -24,7 +25,7 @@ from typing import Any
 
 from ecoplat.childproc import WorkerProcess, WorkerProcessError, serve
 from ecoplat.telemetry.base import SqlTelemetryStore
-from ecoplat.telemetry.points import Frames, Point
+from ecoplat.telemetry.points import Bucket, Frames, Point, Sample
 
 __all__ = ["ProcessWriteStore", "WriterProcessError"]
 
@@ -38,16 +39,19 @@ class _StoreHandler:
     def __init__(self, target: tuple[str, str]) -> None:
         from ecoplat.telemetry.store import open_target
 
-        self.store = open_target(target)
+        self.store = open_target(target, defer=True)
 
     def handle(self, op: str, args: tuple[Any, ...]) -> Any:
         if op == "write":
             frames, rows, enterprise_of = args
             points: Sequence[Point] = Frames(frames) if frames is not None else rows
             return self.store.write(points, enterprise_of)
-        if op in ("apply_retention", "delete_device"):
+        if op in ("apply_retention", "delete_device", "flush"):
             return getattr(self.store, op)(*args)
         raise ValueError(f"the telemetry writer has no operation {op!r}")
+
+    def idle(self) -> None:
+        self.store.flush()
 
     def close(self) -> None:
         self.store.close()
@@ -92,6 +96,19 @@ class ProcessWriteStore(SqlTelemetryStore):
 
     def apply_retention(self, enterprise_id: int, older_than_ms: int) -> int:
         return int(self._worker.call("apply_retention", enterprise_id, older_than_ms))
+
+    def flush(self) -> None:
+        self._worker.call("flush")
+
+    # -- reads of what the child may have put off: it writes that first -----------------------
+    def latest(self, device_id: int, keys: Sequence[str] | None = None) -> dict[str, Sample]:
+        self.flush()
+        return super().latest(device_id, keys)
+
+    def aggregate(self, device_id: int, keys: Sequence[str], start_ms: int, end_ms: int,
+                  interval_ms: int) -> dict[str, list[Bucket]]:
+        self.flush()
+        return super().aggregate(device_id, keys, start_ms, end_ms, interval_ms)
 
     def delete_device(self, device_id: int) -> int:
         return int(self._worker.call("delete_device", device_id))
