@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -81,3 +82,17 @@ def add_device(session, tenant: Tenant, name: str) -> int:  # type: ignore[no-un
     session.flush()
     tenant.devices[name] = (device.id, token)
     return device.id
+
+
+def process_gone(pid: int, timeout: float = 10.0) -> bool:
+    """The process has exited (reaped, or a zombie its parent has not waited for yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +15,7 @@ from ecoplat.telemetry.points import Frames, Point, Sample
 from ecoplat.telemetry.store import open_store
 from ecoplat.telemetry.writer import ProcessWriteStore, WriterProcessError
 
-from .builders import T0, new_device_id, new_enterprise_id
+from .builders import T0, new_device_id, new_enterprise_id, process_gone
 
 
 @pytest.fixture
@@ -25,20 +24,6 @@ def process_store(database_url: str) -> Iterator[ProcessWriteStore]:
     assert isinstance(s, ProcessWriteStore)
     yield s
     s.close()
-
-
-def _gone(pid: int, timeout: float = 10.0) -> bool:
-    """The process has exited (reaped, or a zombie its parent has not waited for yet)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rpartition(")")[2].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_the_writer_is_another_process_and_what_it_writes_reads_back(
@@ -73,7 +58,7 @@ def test_a_killed_writer_fails_the_call_then_a_new_one_takes_over(process_store:
     first = process_store.writer_pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    assert _gone(first)
+    assert process_gone(first)
     with pytest.raises(WriterProcessError, match="died during write"):
         process_store.write([Point(dev, "x", T0 + 1000, 2.0)], {dev: ent})
     # The sender retries (QoS 1 unacknowledged): the point lands through a new writer.
@@ -98,6 +83,6 @@ def test_close_stops_the_writer_and_later_writes_say_so(database_url: str) -> No
     pid = s.writer_pid
     assert pid is not None
     s.close()
-    assert _gone(pid)
+    assert process_gone(pid)
     with pytest.raises(WriterProcessError, match="closed"):
         s.write([Point(new_device_id(), "x", T0, 1.0)], {1: 1})

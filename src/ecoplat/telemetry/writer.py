@@ -101,13 +101,20 @@ class ProcessWriteStore(SqlTelemetryStore):
         self._worker.call("flush")
 
     # -- reads of what the child may have put off: it writes that first -----------------------
+    def _flush_for_read(self) -> None:
+        try:
+            self.flush()
+        except WorkerProcessError:
+            # The writer died with sums in memory: its successor rebuilds them as it starts.
+            self.flush()
+
     def latest(self, device_id: int, keys: Sequence[str] | None = None) -> dict[str, Sample]:
-        self.flush()
+        self._flush_for_read()
         return super().latest(device_id, keys)
 
     def aggregate(self, device_id: int, keys: Sequence[str], start_ms: int, end_ms: int,
                   interval_ms: int) -> dict[str, list[Bucket]]:
-        self.flush()
+        self._flush_for_read()
         return super().aggregate(device_id, keys, start_ms, end_ms, interval_ms)
 
     def delete_device(self, device_id: int) -> int:
