@@ -134,6 +134,7 @@ class _Submission:
     future: asyncio.Future[None] | None
     done: threading.Event | None = None
     error: BaseException | None = None
+    at: float = 0.0  # time.monotonic() when accepted
 
 
 @dataclass(slots=True)
@@ -258,11 +259,15 @@ class IngestPipeline:
             raise IngestStopped("the ingest pipeline is not running")
         future: asyncio.Future[None] = loop.create_future()
         with self._cond:
+            first = not self._items
             self._queued_points += n
             self._unbatched_points += n
-            self._items.append(_Submission(points, enterprise_id, loop, future))
+            self._items.append(_Submission(points, enterprise_id, loop, future, at=time.monotonic()))
             self._receive(points)
-            self._cond.notify()
+            # The writer needs waking only for a first item or a full batch; otherwise its timed
+            # wait ends the fill window. A wake-up per message would cost a GIL hand-over each.
+            if first or self._unbatched_points >= self.batch_max_points:
+                self._cond.notify()
         await future
 
     def submit_blocking(self, points: Sequence[Point], *, enterprise_id: int, timeout: float = 60.0) -> None:
@@ -277,7 +282,7 @@ class IngestPipeline:
             while self._queued_points and self._queued_points + n > self.queue_max_points:
                 if not self._cond.wait(max(0.0, deadline - time.monotonic())):
                     raise TimeoutError("the ingest queue stayed full")
-            item = _Submission(points, enterprise_id, None, None, threading.Event())
+            item = _Submission(points, enterprise_id, None, None, threading.Event(), at=time.monotonic())
             self._queued_points += n
             self._unbatched_points += n
             self._items.append(item)
@@ -316,8 +321,9 @@ class IngestPipeline:
                     break
             if not self._items:
                 return []
-            # Let the batch fill up to its size, but never wait longer than batch_max_ms.
-            deadline = time.monotonic() + self.batch_max_s
+            # Let the batch fill up to its size, but never keep a submission longer than
+            # batch_max_ms: one that waited while the last batch was written goes at once.
+            deadline = self._items[0].at + self.batch_max_s
             while self._unbatched_points < self.batch_max_points and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
