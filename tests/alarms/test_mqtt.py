@@ -118,7 +118,7 @@ def test_every_rule_kind_through_mqtt_gives_the_exact_transitions(platform: Plat
         assert r.status_code == 201, r.text
         rule_ids.append(r.json()["id"])
     # The rule is compiled into the running engine once its transaction commits.
-    _wait(lambda: all(platform.app.state.alarms.engine.has_rule(rid) for rid in rule_ids), what="rules loaded")
+    _wait(lambda: all(platform.app.state.alarms.has_rule(rid) for rid in rule_ids), what="rules loaded")
     client = _device_client(platform, plant.devices["E-101"][1])
     try:
         ticks = list(scenario.ticks)
@@ -144,7 +144,7 @@ def test_mqtt_alarm_is_acknowledged_over_the_api_and_the_banner_counts_it(platfo
                            json={"device_id": plant.device_id("E-101"), "kind": "high", "key": "cl2_ppm",
                                  "params": {"limit": 1.0}, "priority": 1})
     rule_id = r.json()["id"]
-    _wait(lambda: platform.app.state.alarms.engine.has_rule(rule_id), what="rule loaded")
+    _wait(lambda: platform.app.state.alarms.has_rule(rule_id), what="rule loaded")
     client = _device_client(platform, plant.devices["E-101"][1])
     try:
         _publish(platform, client, [(0, "cl2_ppm", 0.2), (1000, "cl2_ppm", 3.5)])
@@ -171,7 +171,7 @@ def test_the_running_ticker_raises_stale_data_alarms_on_wall_time(platform: Plat
                            json={"device_id": plant.device_id("E-101"), "kind": "stale", "key": "cl2_ppm",
                                  "params": {"seconds": 1}, "priority": 2})
     rule_id = r.json()["id"]
-    _wait(lambda: platform.app.state.alarms.engine.has_rule(rule_id), what="rule loaded")
+    _wait(lambda: platform.app.state.alarms.has_rule(rule_id), what="rule loaded")
     client = _device_client(platform, plant.devices["E-101"][1])
     try:
         sent = int(time.time() * 1000)

@@ -192,7 +192,7 @@ def test_re_enabled_rule_clears_the_alarm_that_was_active_when_it_was_disabled(p
     with pipeline.database.session() as db:
         db.get(AlarmRule, rule).enabled = False
     pipeline.alarms.reload_rule(rule)
-    assert not pipeline.alarms.engine.has_rule(rule)
+    assert not pipeline.alarms.has_rule(rule)
     with pipeline.database.session() as db:
         db.get(AlarmRule, rule).enabled = True
     pipeline.alarms.reload_rule(rule)

@@ -1,14 +1,15 @@
 """The alarm writer: batches of condition changes become alarms, transitions and outbox rows,
 one transaction per batch, and the alarm events to publish once it has committed.
 
-The app runs it in a child process of its own (ecoplat.childproc, `python -m
-ecoplat.alarms.writer FD`); tests and a database bound to one connection run it in-process.
-In the platform process every write (reading the open alarms, the ISA-18.2 state machine,
-building rows and events, SQLite's statements and commit) held the GIL that the MQTT broker's
-event loop and the rule evaluator need: `ecoplat bench alarms` sampled the alarm writer thread
-holding it in about a third of the samples, and every point queued behind it. In the child,
-the platform's alarm thread only sends the changes and waits without the GIL; what comes back
-is the events, built after the child's commit, which it publishes on the bus.
+The app runs it, with the rule engine that feeds it (alarms/evaluation.py), in a child
+process of its own (ecoplat.childproc, `python -m ecoplat.alarms.writer FD`); tests and a
+database bound to one connection run both in-process. In the platform process every write
+(reading the open alarms, the ISA-18.2 state machine, building rows and events, SQLite's
+statements and commit) and every evaluation held the GIL that the MQTT broker's event loop
+needs: `ecoplat bench alarms` sampled the alarm writer thread in about a third of the samples
+and the evaluator in over a quarter, and every point queued behind them. With both in the
+child, the platform's alarm thread only sends the accepted points and waits without the GIL;
+what comes back is the events, built after the child's commit, which it publishes on the bus.
 
 Correctness does not depend on where it runs: operator actions (acknowledge, shelve) commit in
 the API's sessions, and the write reads the open alarms it changes under SQLite's write lock
@@ -30,6 +31,7 @@ from ecoplat.alarms import service
 from ecoplat.alarms.engine import ConditionChange
 from ecoplat.childproc import WorkerProcess, serve
 from ecoplat.db import Database
+from ecoplat.telemetry.points import Frames, Point
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +133,10 @@ def take_sqlite_write_lock(db: Any) -> None:
 
 
 class ProcessAlarmWriter:
-    """The same operations, run by an AlarmWriter in a child process on the database at `url`.
-    A child that dies fails the call in progress (WorkerProcessError); the next starts anew."""
+    """The alarm writer and the rule engine (alarms/evaluation.py) in a child process on the
+    database at `url`: the operations of an AlarmEvaluation. A child that dies fails the call
+    in progress (WorkerProcessError); the next starts anew, loading the rules and the active
+    conditions from the database as a restarted platform does."""
 
     def __init__(self, url: str) -> None:
         # The app goes on starting while the child imports (seconds): the first write waits.
@@ -158,6 +162,29 @@ class ProcessAlarmWriter:
     def forget_channels(self, enterprise_id: int | None = None) -> None:
         self._worker.call("forget_channels", enterprise_id)
 
+    # -- the rule engine, which lives in the child too (alarms/evaluation.py) -------------------
+    def evaluate(self, points: Sequence[Point]) -> Written:
+        # Frames travel as their frames (no Point per value); anything else as plain Points.
+        if type(points) is Frames:
+            return self._worker.call("evaluate", points.frames, None)  # type: ignore[no-any-return]
+        return self._worker.call("evaluate", None, list(points))  # type: ignore[no-any-return]
+
+    def tick(self, now_ms: int) -> Written:
+        return self._worker.call("tick", now_ms)  # type: ignore[no-any-return]
+
+    def reload_rule(self, rule_id: int) -> None:
+        self._worker.call("reload_rule", rule_id)
+
+    def forget_device(self, device_id: int) -> None:
+        self._worker.call("forget_device", device_id)
+
+    def has_rule(self, rule_id: int) -> bool:
+        return bool(self._worker.call("has_rule", rule_id))
+
+    def counts(self) -> tuple[int, int]:
+        """(rules compiled, rule-device bindings) in the child's engine."""
+        return self._worker.call("counts")  # type: ignore[no-any-return]
+
     def cpu_seconds(self) -> float:
         """CPU time the current child has used (the benchmark adds it to the platform's)."""
         return float(self._worker.call("cpu_seconds"))
@@ -167,26 +194,31 @@ class ProcessAlarmWriter:
 
 
 class _Handler:
-    """The child's side: an AlarmWriter on a Database of its own."""
+    """The child's side: the rule engine and an AlarmWriter on a Database of its own."""
 
     def __init__(self, url: str) -> None:
+        from ecoplat.alarms.evaluation import AlarmEvaluation
         from ecoplat.models import load_all_models
 
         load_all_models()  # the alarm tables' foreign keys name other domains' tables
         self.database = Database(url)
-        self.writer = AlarmWriter(self.database, alone=True)
+        self.evaluation = AlarmEvaluation(self.database, AlarmWriter(self.database, alone=True))
+        self.evaluation.load()
 
     def handle(self, op: str, args: tuple[Any, ...]) -> Any:
-        if op == "write":
-            return self.writer.write(*args)
-        if op == "expire":
-            return self.writer.expire()
-        if op == "forget_channels":
-            return self.writer.forget_channels(*args)
+        if op == "evaluate":
+            frames, points = args
+            return self.evaluation.evaluate(Frames(frames) if frames is not None else points)
+        if op in _OPS:
+            return getattr(self.evaluation, op)(*args)
         raise ValueError(f"the alarm writer has no operation {op!r}")
 
     def close(self) -> None:
         self.database.dispose()
+
+
+_OPS = frozenset(("tick", "write", "expire", "forget_channels", "reload_rule", "forget_device", "has_rule",
+                  "counts"))
 
 
 if __name__ == "__main__":
