@@ -1,9 +1,10 @@
 """`ecoplat bench alarms`: the rule engine in the ingest path, measured on the real platform.
 
 The platform runs in this process (app lifespan: SQLite telemetry store, ingest pipeline,
-embedded amqtt broker, alarm runtime); publishers run in other processes and speak the
-ThingsBoard gateway API over MQTT (QoS 1, acknowledged once durable), one message = one device's
-sample of 10 keys. 10,000 rules over 1,000 devices (10 per device: limits, rate of change,
+embedded amqtt broker, alarm runtime) on uvloop, as `ecoplat serve` runs it (uvicorn's default
+where uvloop is installed, and uvicorn[standard] installs it); publishers run in other
+processes and speak the ThingsBoard gateway API over MQTT (QoS 1, acknowledged once durable),
+one message = one device's sample of 10 keys. 10,000 rules over 1,000 devices (10 per device: limits, rate of change,
 deviations, an expression).
 
 1. Throughput with rules off and on, alternated in the same run (off, on, off, on, …; three
@@ -105,6 +106,7 @@ def publisher(port: int, tokens: list[str], names: list[str], messages: int, rat
     import asyncio
 
     import orjson
+    import uvloop
 
     from bench._mqtt import Publisher, topic_field
 
@@ -146,7 +148,7 @@ def publisher(port: int, tokens: list[str], names: list[str], messages: int, rat
         for client in clients:
             await client.disconnect()
 
-    asyncio.run(run())
+    uvloop.run(run())
 
 
 @dataclass
@@ -227,6 +229,8 @@ def bare_broker(port: int, stop: Any, out: Any, ready: Any) -> None:
     import asyncio
     import logging
 
+    import uvloop
+
     from ecoplat.connect.broker import EmbeddedBroker
 
     logging.getLogger("amqtt").setLevel(logging.ERROR)
@@ -240,7 +244,7 @@ def bare_broker(port: int, stop: Any, out: Any, ready: Any) -> None:
         out.put(list(api.latencies))
         await broker.shutdown()
 
-    asyncio.run(run())
+    uvloop.run(run())
 
 
 def floor(tokens: list[str], names: list[str], messages: int, rate: float, excursion: float,
@@ -363,7 +367,7 @@ def main() -> None:
             latencies.append((now_ms - datetime.fromisoformat(stamp).timestamp() * 1000) / 1000)
             received += 1
 
-    with TestClient(app):
+    with TestClient(app, backend_options={"use_uvloop": True}):
         runtime = app.state.alarms
         ingest = app.state.ingest
         console.print(f"engine: {runtime.counts()[0]} rules compiled")
