@@ -31,6 +31,8 @@ class SqlTelemetryStore(ABC):
     `execute(sql, params)` returns a cursor; SQL is written with '?' and translated."""
 
     placeholder = "?"
+    # The tables raw points live in (SQLite keeps recent ones apart: migration 0007).
+    raw_tables: tuple[str, ...] = ("telemetry_raw",)
 
     def __init__(self) -> None:
         self._write_lock = threading.Lock()
@@ -89,7 +91,7 @@ class SqlTelemetryStore(ABC):
         """Raw points of each key with start <= ts < end, at most `limit` per key: the oldest
         first, or with newest_first the most recent `limit` points, newest first (charts)."""
         out: dict[str, list[Sample]] = {}
-        sql = ("SELECT ts, v_num, v_str FROM telemetry_raw WHERE series_id = ? AND ts >= ? AND ts < ? "
+        sql = ("SELECT ts, v_num, v_str FROM {} WHERE series_id = ? AND ts >= ? AND ts < ? "
                f"ORDER BY ts {'DESC' if newest_first else 'ASC'} LIMIT ?")
         series = self.series_of(device_id, keys)
         with self._reader() as conn:
@@ -98,7 +100,12 @@ class SqlTelemetryStore(ABC):
                 if sid is None:
                     out[key] = []
                     continue
-                rows = conn.execute(self._sql(sql), (sid, start_ms, end_ms, limit)).fetchall()
+                rows: list[Any] = []
+                for table in self.raw_tables:
+                    rows += conn.execute(self._sql(sql.format(table)), (sid, start_ms, end_ms, limit)).fetchall()
+                if len(self.raw_tables) > 1:  # a (series, ts) is in one table only
+                    rows.sort(key=lambda r: r[0], reverse=newest_first)
+                    del rows[limit:]
                 out[key] = [Sample(ts, decode(vn, vs)) for ts, vn, vs in rows]
         return out
 
@@ -127,13 +134,15 @@ class SqlTelemetryStore(ABC):
         with self._reader() as conn:
             for level, s, e in plan_segments(start_ms, end_ms, interval_ms):
                 if level == RAW:
-                    sql = (f"SELECT series_id, ts - ts % ? AS b, count(v_num), sum(v_num), min(v_num), "
-                           f"max(v_num) FROM telemetry_raw WHERE series_id IN ({marks}) AND ts >= ? "
-                           f"AND ts < ? AND v_num IS NOT NULL GROUP BY series_id, b")
-                else:
-                    sql = (f"SELECT series_id, bucket_ts - bucket_ts % ? AS b, sum(count), sum(sum), "
-                           f"min(min), max(max) FROM {_ROLLUP_TABLE[level]} WHERE series_id IN ({marks}) "
-                           f"AND bucket_ts >= ? AND bucket_ts < ? GROUP BY series_id, b")
+                    for table in self.raw_tables:
+                        sql = (f"SELECT series_id, ts - ts % ? AS b, count(v_num), sum(v_num), min(v_num), "
+                               f"max(v_num) FROM {table} WHERE series_id IN ({marks}) AND ts >= ? "
+                               f"AND ts < ? AND v_num IS NOT NULL GROUP BY series_id, b")
+                        partials.extend(conn.execute(self._sql(sql), (interval_ms, *sids, s, e)).fetchall())
+                    continue
+                sql = (f"SELECT series_id, bucket_ts - bucket_ts % ? AS b, sum(count), sum(sum), "
+                       f"min(min), max(max) FROM {_ROLLUP_TABLE[level]} WHERE series_id IN ({marks}) "
+                       f"AND bucket_ts >= ? AND bucket_ts < ? GROUP BY series_id, b")
                 partials.extend(conn.execute(self._sql(sql), (interval_ms, *sids, s, e)).fetchall())
         by_sid = merge_partials(partials)
         for key, sid in series.items():

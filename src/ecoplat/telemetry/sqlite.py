@@ -59,30 +59,31 @@ from ecoplat.telemetry.query import HOUR_MS, MINUTE_MS, encode
 # of one INSERT ... SELECT over a JSON array (json_each), which re-parses every row's array
 # (measured interleaved on 3,000-row batches: 2.9 vs 6.2 us a row).
 _RAW_CHUNK = 256
-_INSERT_RAW_NUM = {n: "INSERT OR IGNORE INTO telemetry_raw (series_id, ts, v_num) VALUES "
-                      + ", ".join(["(?, ?, ?)"] * n)
-                   for n in (256, 128, 64, 32, 16, 8, 4, 2, 1)}
-_INSERT_RAW_STR = "INSERT OR IGNORE INTO telemetry_raw (series_id, ts, v_str) VALUES (?, ?, ?)"
-_UPSERT_RAW = ("INSERT INTO telemetry_raw (series_id, ts, v_num, v_str) VALUES (?, ?, ?, ?) "
-               "ON CONFLICT (series_id, ts) DO UPDATE SET v_num = excluded.v_num, v_str = excluded.v_str")
+RAW, RECENT = "telemetry_raw", "telemetry_raw_recent"
+_INSERT_NUM = {table: {n: f"INSERT OR IGNORE INTO {table} (series_id, ts, v_num) VALUES "
+                          + ", ".join(["(?, ?, ?)"] * n)
+                       for n in (256, 128, 64, 32, 16, 8, 4, 2, 1)}
+               for table in (RAW, RECENT)}
+_INSERT_STR = {table: f"INSERT OR IGNORE INTO {table} (series_id, ts, v_str) VALUES (?, ?, ?)" for table in (RAW, RECENT)}
+_UPSERT = {table: (f"INSERT INTO {table} (series_id, ts, v_num, v_str) VALUES (?, ?, ?, ?) "
+                   f"ON CONFLICT ({key}) DO UPDATE SET v_num = excluded.v_num, v_str = excluded.v_str")
+           for table, key in ((RAW, "series_id, ts"), (RECENT, "ts, series_id"))}
 
 
-def _insert_numbers(conn: sqlite3.Connection, flat: list[Any]) -> None:
+def _insert_numbers(conn: sqlite3.Connection, flat: list[Any], table: str) -> None:
     """(series_id, ts, v_num) rows, flattened, in statements of 256 rows and powers of two."""
+    statements = _INSERT_NUM[table]
     i, end = 0, len(flat)
     while i < end:
         n = _RAW_CHUNK
         while n * 3 > end - i:
             n //= 2
-        conn.execute(_INSERT_RAW_NUM[n], flat[i:i + n * 3])
+        conn.execute(statements[n], flat[i:i + n * 3])
         i += n * 3
 
 
 _NUMBER_TYPES = frozenset((float, int))
 _NAN = float("nan")
-_INSERT_RAW_STR = "INSERT OR IGNORE INTO telemetry_raw (series_id, ts, v_str) VALUES (?, ?, ?)"
-_UPSERT_RAW = ("INSERT INTO telemetry_raw (series_id, ts, v_num, v_str) VALUES (?, ?, ?, ?) "
-               "ON CONFLICT (series_id, ts) DO UPDATE SET v_num = excluded.v_num, v_str = excluded.v_str")
 
 
 def _latest_sql(values: str) -> str:
@@ -166,14 +167,29 @@ def _recent(minute: dict[tuple[int, int], list[Any]], texts: list[tuple[int, int
 
 
 _RECOMPUTE_1M = ("INSERT INTO telemetry_agg_1m (series_id, bucket_ts, count, sum, min, max) "
-                 "SELECT series_id, ?, count(v_num), sum(v_num), min(v_num), max(v_num) FROM telemetry_raw "
-                 "WHERE series_id = ? AND ts >= ? AND ts < ? AND v_num IS NOT NULL GROUP BY series_id")
+                 "SELECT :s, :b, count(v), sum(v), min(v), max(v) FROM ("
+                 "SELECT v_num AS v FROM telemetry_raw WHERE series_id = :s AND ts >= :b AND ts < :e "
+                 "AND v_num IS NOT NULL UNION ALL "
+                 "SELECT v_num FROM telemetry_raw_recent WHERE series_id = :s AND ts >= :b AND ts < :e "
+                 "AND v_num IS NOT NULL) HAVING count(v) > 0")
 _RECOMPUTE_1H = ("INSERT INTO telemetry_agg_1h (series_id, bucket_ts, count, sum, min, max) "
                  "SELECT series_id, ?, sum(count), sum(sum), min(min), max(max) FROM telemetry_agg_1m "
                  "WHERE series_id = ? AND bucket_ts >= ? AND bucket_ts < ? GROUP BY series_id")
 
 
-TABLES = ("telemetry_series", "telemetry_raw", "telemetry_latest", "telemetry_agg_1m", "telemetry_agg_1h")
+TABLES = ("telemetry_series", "telemetry_raw", "telemetry_latest", "telemetry_agg_1m", "telemetry_agg_1h",
+          "telemetry_raw_recent", "telemetry_state")
+
+# Raw points at most this old (by the store's clock) go to the recent table (migration 0007),
+# which is merged into telemetry_raw this often.
+RECENT_WINDOW_MS = 10_000
+MERGE_INTERVAL_S = 1.0
+_MERGE = (
+    "INSERT OR REPLACE INTO telemetry_raw (series_id, ts, v_num, v_str) "
+    "SELECT series_id, ts, v_num, v_str FROM telemetry_raw_recent WHERE ts < ? ORDER BY series_id, ts",
+    "DELETE FROM telemetry_raw_recent WHERE ts < ?",
+    "UPDATE telemetry_state SET value = ? WHERE name = 'recent_from'",
+)
 
 DEFER_WINDOW_MS = 60_000
 FLUSH_INTERVAL_S = 1.0
@@ -183,9 +199,11 @@ FLUSH_INTERVAL_S = 1.0
 _REBUILD = (
     "DELETE FROM telemetry_agg_1m WHERE bucket_ts >= :m",
     "INSERT INTO telemetry_agg_1m (series_id, bucket_ts, count, sum, min, max) "
-    "SELECT r.series_id, r.ts - r.ts % 60000, count(r.v_num), sum(r.v_num), min(r.v_num), max(r.v_num) "
-    "FROM telemetry_series s JOIN telemetry_raw r ON r.series_id = s.id AND r.ts >= :m "
-    "WHERE r.v_num IS NOT NULL GROUP BY r.series_id, r.ts - r.ts % 60000",
+    "SELECT sid, b, count(v), sum(v), min(v), max(v) FROM ("
+    "SELECT r.series_id AS sid, r.ts - r.ts % 60000 AS b, r.v_num AS v "
+    "FROM telemetry_series s JOIN telemetry_raw r ON r.series_id = s.id AND r.ts >= :m WHERE r.v_num IS NOT NULL "
+    "UNION ALL SELECT series_id, ts - ts % 60000, v_num FROM telemetry_raw_recent "
+    "WHERE ts >= :m AND v_num IS NOT NULL) GROUP BY sid, b",
     "DELETE FROM telemetry_agg_1h WHERE bucket_ts >= :h",
     "INSERT INTO telemetry_agg_1h (series_id, bucket_ts, count, sum, min, max) "
     "SELECT a.series_id, a.bucket_ts - a.bucket_ts % 3600000, sum(a.count), sum(a.sum), min(a.min), max(a.max) "
@@ -194,6 +212,11 @@ _REBUILD = (
     "INSERT INTO telemetry_latest (series_id, ts, v_num, v_str) "
     "SELECT s.id, r.ts, r.v_num, r.v_str FROM telemetry_series s JOIN telemetry_raw r ON r.series_id = s.id "
     "AND r.ts = (SELECT max(ts) FROM telemetry_raw WHERE series_id = s.id AND ts >= :m) WHERE true "
+    "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, v_num = excluded.v_num, v_str = excluded.v_str "
+    "WHERE excluded.ts >= telemetry_latest.ts",
+    # SQLite gives a bare column the values of the row that max() picked.
+    "INSERT INTO telemetry_latest (series_id, ts, v_num, v_str) "
+    "SELECT series_id, max(ts), v_num, v_str FROM telemetry_raw_recent WHERE ts >= :m GROUP BY series_id "
     "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, v_num = excluded.v_num, v_str = excluded.v_str "
     "WHERE excluded.ts >= telemetry_latest.ts",
 )
@@ -235,6 +258,8 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 class SqliteTelemetryStore(SqlTelemetryStore):
+    raw_tables = (RAW, RECENT)
+
     def __init__(self, path: str, *, defer: bool = False) -> None:
         """path: the telemetry file itself (see telemetry_path), made by the migrations.
         defer: fold rollups and latest values in memory between flushes (see the module's doc);
@@ -262,6 +287,7 @@ class SqliteTelemetryStore(SqlTelemetryStore):
         self._owed_since: float | None = None
         self._flushed = False  # in the open transaction
         self._rebuild_due = False
+        self._merged_at = 0.0
         self._lock_fd: int | None = None
         self.defer = False
         try:
@@ -342,6 +368,13 @@ class SqliteTelemetryStore(SqlTelemetryStore):
             if self._owed_since is not None:
                 self._transaction(self._flush_owed)
 
+    def idle(self) -> None:
+        """What an idle writer catches up on: owed sums, and the recent table's merge."""
+        self.flush()
+        if self._merge_due() and not self._closed:
+            with self._write_lock:
+                self._transaction(self._merge_recent)
+
     def _defer(self, conn: sqlite3.Connection, minute: dict[tuple[int, int], list[Any]],
                latest: dict[int, tuple[int, Any, bool]], now: int) -> None:
         if self._owed_since is None:
@@ -352,6 +385,31 @@ class SqliteTelemetryStore(SqlTelemetryStore):
         _merge_latest(self._owed_latest, latest)
         if time.monotonic() - self._owed_since >= FLUSH_INTERVAL_S:
             self._flush_owed(conn)
+
+    # -- the recent table -------------------------------------------------------------------------
+    @staticmethod
+    def _recent_from(conn: sqlite3.Connection) -> int:
+        """The boundary: raw rows at or after it are in the recent table, older ones not."""
+        return int(conn.execute("SELECT value FROM telemetry_state WHERE name = 'recent_from'").fetchone()[0])
+
+    def _merge_due(self) -> bool:
+        return time.monotonic() - self._merged_at >= MERGE_INTERVAL_S
+
+    def _merge_recent(self, conn: sqlite3.Connection) -> None:
+        """Moves the recent rows older than RECENT_WINDOW_MS into telemetry_raw (one page write
+        per series for everything since the last merge) and moves the boundary past them."""
+        self._merged_at = time.monotonic()
+        before = self._recent_from(conn)
+        after = max(before, _now_ms() - RECENT_WINDOW_MS)
+        if after > before:
+            for sql in _MERGE:
+                conn.execute(sql, (after,))
+
+    def _write_and_merge(self, conn: sqlite3.Connection, points: Sequence[Point],
+                         enterprise_of: Mapping[int, int]) -> None:
+        self._write_batch(conn, points, enterprise_of)
+        if self._merge_due():
+            self._merge_recent(conn)
 
     def latest(self, device_id: int, keys: Sequence[str] | None = None) -> dict[str, Sample]:
         self.flush()
@@ -371,7 +429,16 @@ class SqliteTelemetryStore(SqlTelemetryStore):
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
-        yield conn
+        if conn.in_transaction:
+            yield conn
+            return
+        # One snapshot for everything read here: a merge of the recent table in between would
+        # otherwise show a point twice or not at all.
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
 
     def close(self) -> None:
         if self._closed:
@@ -396,11 +463,12 @@ class SqliteTelemetryStore(SqlTelemetryStore):
         if not points:
             return
         with self._write_lock:
-            self._transaction(self._write_batch, points, enterprise_of)
+            self._transaction(self._write_and_merge, points, enterprise_of)
 
     def _write_batch(self, conn: sqlite3.Connection, points: Sequence[Point],
                      enterprise_of: Mapping[int, int]) -> None:
-        nums: list[Any] = []  # (series_id, ts, v_num) rows, flattened
+        nums: list[Any] = []  # (series_id, ts, v_num) rows, flattened: telemetry_raw
+        recent_nums: list[Any] = []  # the same for telemetry_raw_recent
         texts: list[tuple[int, int, str]] = []
         add_text = texts.append
         latest: dict[int, tuple[int, Any, bool]] = {}  # series_id -> (ts, value, is_number)
@@ -465,11 +533,17 @@ class SqliteTelemetryStore(SqlTelemetryStore):
                 cur = latest.get(sid)
                 if cur is None or ts >= cur[0]:
                     latest[sid] = (ts, text, False)
-        extend_num = nums.extend
+        # Points at or after the boundary go to the recent table, older ones to the series table.
+        recent_from = self._recent_from(conn)
+        extend_num, extend_recent = nums.extend, recent_nums.extend
         for (dev, bucket, keyt), (tss, rows) in groups.items():
             sids = [self._series_id(conn, dev, k) for k in keyt]
-            for ts, row in zip(tss, rows, strict=True):
-                extend_num(chain.from_iterable(zip(sids, repeat(ts), row)))
+            if bucket >= recent_from or min(tss) >= recent_from:
+                for ts, row in zip(tss, rows, strict=True):
+                    extend_recent(chain.from_iterable(zip(sids, repeat(ts), row)))
+            else:
+                for ts, row in zip(tss, rows, strict=True):
+                    (extend_recent if ts >= recent_from else extend_num)(chain.from_iterable(zip(sids, repeat(ts), row)))
             n = len(rows)
             hi = max(tss)
             # The last frame at the newest timestamp wins, as it would written one by one.
@@ -488,10 +562,12 @@ class SqliteTelemetryStore(SqlTelemetryStore):
                     latest[sid] = (hi, col[i], True)
 
         before = conn.total_changes
-        _insert_numbers(conn, nums)
+        _insert_numbers(conn, nums, RAW)
+        _insert_numbers(conn, recent_nums, RECENT)
         if texts:
-            conn.executemany(_INSERT_RAW_STR, texts)
-        if conn.total_changes - before == len(nums) // 3 + len(texts):
+            conn.executemany(_INSERT_STR[RAW], [t for t in texts if t[1] < recent_from])
+            conn.executemany(_INSERT_STR[RECENT], [t for t in texts if t[1] >= recent_from])
+        if conn.total_changes - before == (len(nums) + len(recent_nums)) // 3 + len(texts):
             now = _now_ms()
             if self.defer and _recent(minute, texts, now):
                 self._defer(conn, minute, latest, now)
@@ -520,11 +596,13 @@ class SqliteTelemetryStore(SqlTelemetryStore):
     def _replay(self, conn: sqlite3.Connection, rows: list[tuple[int, int, float | None, str | None]]) -> None:
         """Some points already existed: apply the batch as upserts and recompute every touched
         bucket from raw (minutes) and from the minutes (hours)."""
-        conn.executemany(_UPSERT_RAW, rows)
+        recent_from = self._recent_from(conn)
+        conn.executemany(_UPSERT[RAW], [r for r in rows if r[1] < recent_from])
+        conn.executemany(_UPSERT[RECENT], [r for r in rows if r[1] >= recent_from])
         minutes = {(sid, ts - ts % MINUTE_MS) for sid, ts, _, _ in rows}
         hours = {(sid, b - b % HOUR_MS) for sid, b in minutes}
         conn.executemany("DELETE FROM telemetry_agg_1m WHERE series_id = ? AND bucket_ts = ?", minutes)
-        conn.executemany(_RECOMPUTE_1M, [(b, sid, b, b + MINUTE_MS) for sid, b in minutes])
+        conn.executemany(_RECOMPUTE_1M, [{"s": sid, "b": b, "e": b + MINUTE_MS} for sid, b in minutes])
         conn.executemany("DELETE FROM telemetry_agg_1h WHERE series_id = ? AND bucket_ts = ?", hours)
         conn.executemany(_RECOMPUTE_1H, [(b, sid, b, b + HOUR_MS) for sid, b in hours])
 
@@ -556,8 +634,8 @@ class SqliteTelemetryStore(SqlTelemetryStore):
         def delete(conn: sqlite3.Connection, chunk: list[int]) -> int:
             self._flush_owed(conn)  # owed sums of these series must not land after the delete
             marks = ", ".join("?" * len(chunk))
-            n = conn.execute(f"DELETE FROM telemetry_raw WHERE series_id IN ({marks}) AND ts < ?",
-                             (*chunk, older_than_ms)).rowcount
+            n = sum(conn.execute(f"DELETE FROM {table} WHERE series_id IN ({marks}) AND ts < ?",
+                                 (*chunk, older_than_ms)).rowcount for table in (RAW, RECENT))
             conn.execute(f"DELETE FROM telemetry_agg_1m WHERE series_id IN ({marks}) AND bucket_ts <= ?",
                          (*chunk, older_than_ms - MINUTE_MS))
             return int(n)
@@ -579,7 +657,8 @@ class SqliteTelemetryStore(SqlTelemetryStore):
             marks = ", ".join("?" * len(sids))
             deleted = 0
             if sids:
-                deleted = conn.execute(f"DELETE FROM telemetry_raw WHERE series_id IN ({marks})", sids).rowcount
+                deleted = sum(conn.execute(f"DELETE FROM {table} WHERE series_id IN ({marks})", sids).rowcount
+                              for table in (RAW, RECENT))
                 for table in ("telemetry_agg_1m", "telemetry_agg_1h", "telemetry_latest"):
                     conn.execute(f"DELETE FROM {table} WHERE series_id IN ({marks})", sids)
                 conn.execute("DELETE FROM telemetry_series WHERE device_id = ?", (device_id,))

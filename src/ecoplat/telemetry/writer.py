@@ -51,7 +51,8 @@ class _StoreHandler:
         raise ValueError(f"the telemetry writer has no operation {op!r}")
 
     def idle(self) -> None:
-        self.store.flush()
+        idle = getattr(self.store, "idle", None)
+        (idle or self.store.flush)()
 
     def close(self) -> None:
         self.store.close()
@@ -67,6 +68,7 @@ class ProcessWriteStore(SqlTelemetryStore):
         self.target = target
         self.reader = reader
         self.placeholder = reader.placeholder
+        self.raw_tables = reader.raw_tables
         self._worker = WorkerProcess("ecoplat.telemetry.writer", target, name="telemetry writer")
 
     def _reader(self) -> AbstractContextManager[Any]:
