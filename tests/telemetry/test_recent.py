@@ -153,3 +153,18 @@ def test_a_killed_writer_owing_sums_of_recent_points_is_repaired_from_the_recent
         assert [(b.count, b.sum) for b in buckets] == [(3, 33.0)]
     finally:
         s.close()
+
+
+def test_downgrading_keeps_the_recent_points(url: str, store: SqliteTelemetryStore) -> None:
+    from alembic import command
+
+    from ecoplat.migrations_runner import alembic_config
+
+    now = _now()
+    store.write([Point(DEV, "x", T0, 1.0), Point(DEV, "x", now, 2.0)], {DEV: ENT})
+    store.close()
+    command.downgrade(alembic_config(url), "0006")
+    with sqlite3.connect(telemetry_path(url.removeprefix("sqlite:///"))) as conn:
+        assert conn.execute("SELECT ts, v_num FROM telemetry_raw ORDER BY ts").fetchall() == [(T0, 1.0), (now, 2.0)]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert not {"telemetry_raw_recent", "telemetry_state"} & tables
