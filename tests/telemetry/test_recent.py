@@ -168,3 +168,25 @@ def test_downgrading_keeps_the_recent_points(url: str, store: SqliteTelemetrySto
         assert conn.execute("SELECT ts, v_num FROM telemetry_raw ORDER BY ts").fetchall() == [(T0, 1.0), (now, 2.0)]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert not {"telemetry_raw_recent", "telemetry_state"} & tables
+
+
+def test_an_idle_writer_merges_aged_rows_and_otherwise_writes_nothing(
+        url: str, store: SqliteTelemetryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = _now()
+    store.write([Point(DEV, "x", now - 1000, 1.0)], {DEV: ENT})
+    observer = sqlite3.connect(telemetry_path(url.removeprefix("sqlite:///")))
+    try:
+        def version() -> int:  # changes whenever another connection commits to the file
+            return int(observer.execute("PRAGMA data_version").fetchone()[0])
+
+        before = version()
+        store._merged_at = 0.0
+        store.idle()  # the row is younger than RECENT_WINDOW_MS: nothing to do, nothing written
+        assert version() == before and len(_disk(url)["recent"]) == 1
+        _merge_now(store, monkeypatch)
+        store.idle()
+        assert version() != before
+    finally:
+        observer.close()
+    disk = _disk(url)
+    assert disk["recent"] == [] and [r[:2] for r in disk["raw"]] == [(now - 1000, 1.0)]

@@ -379,10 +379,16 @@ class SqliteTelemetryStore(SqlTelemetryStore):
                 self._transaction(self._flush_owed)
 
     def idle(self) -> None:
-        """What an idle writer catches up on: owed sums, and the recent table's merge."""
+        """What an idle writer catches up on: owed sums, and the recent table's merge (only when
+        rows have aged: an idle platform writes nothing)."""
         self.flush()
-        if self._merge_due() and not self._closed:
-            with self._write_lock:
+        if self._closed or not self._merge_due():
+            return
+        self._merged_at = time.monotonic()
+        with self._write_lock:
+            aged = self._conn.execute("SELECT 1 FROM telemetry_raw_recent WHERE ts < ? LIMIT 1",
+                                      (_now_ms() - RECENT_WINDOW_MS,)).fetchone()
+            if aged is not None:
                 self._transaction(self._merge_recent)
 
     def _defer(self, conn: sqlite3.Connection, minute: dict[tuple[int, int], list[Any]],
