@@ -98,3 +98,13 @@ def test_baseline_search_binds_what_the_tenancy_service_binds() -> None:
         assert search_param("postgresql", fragment) == service._like_pattern(fragment)
     assert search_param("sqlite", 'Heng"tai') == '"Heng""tai"'
     assert search_param("sqlite", "ab") == service._like_pattern("ab")  # too short for trigrams
+
+
+def test_ecoplat_bench_name_help_lists_the_benchmarks_own_options() -> None:
+    proc = subprocess.run([sys.executable, "-m", "ecoplat.cli", "bench", "alarms", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--rate" in proc.stdout and "--excursion" in proc.stdout
+    unknown = subprocess.run([sys.executable, "-m", "ecoplat.cli", "bench", "nosuch"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "alarms" in unknown.stdout + unknown.stderr

@@ -121,9 +121,11 @@ def import_telemetry(
         raise typer.Exit(1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# --help after the name is the benchmark's own (its options), so this command takes no --help.
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def bench(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Benchmark: tenancy, ingest, alarms.")]) -> None:
-    """Run a benchmark from bench/ (same as `python -m bench.NAME`)."""
+    """Run a benchmark from bench/ (same as `python -m bench.NAME`); `ecoplat bench NAME --help`
+    lists its options."""
     root = Path(__file__).resolve().parents[2]
     if not (root / "bench" / f"{name}.py").exists():
         available = sorted(p.stem for p in (root / "bench").glob("*.py") if not p.stem.startswith("_"))
