@@ -408,10 +408,13 @@ def main() -> None:
         cpu_start, writer_cpu_start, stat_start = cpu_seconds(), _writer_cpu(store), _machine_stat()
         alarm_cpu_start = _alarm_writer_cpu(runtime.writer)
         target = ingest.stats.points_written + messages * len(KEYS)
+        write_busy_start, alarm_busy_start = ingest.stats.write_seconds, runtime.busy_seconds
         publishers = run_publishers(port, seeded["gateway_tokens"], names, messages, rate, args.excursion, 300,
                                args.processes)
         start = time.perf_counter()
         end = wait_points(app, target, timeout=600)
+        write_busy = (ingest.stats.write_seconds - write_busy_start) / (end - start)
+        alarm_busy = (runtime.busy_seconds - alarm_busy_start) / (end - start)
         cpu_end, writer_cpu_end, stat_end = cpu_seconds(), _writer_cpu(store), _machine_stat()
         alarm_cpu_end = _alarm_writer_cpu(runtime.writer)
         sent = publishers.join()
@@ -466,6 +469,11 @@ def main() -> None:
         "platform_cpu_ms_per_msg": round((cpu_end - cpu_start) * 1000 / messages, 3),
         "writer_cpu_ms_per_msg": _per_msg_ms(writer_cpu_start, writer_cpu_end, messages),
         "alarm_writer_cpu_ms_per_msg": _per_msg_ms(alarm_cpu_start, alarm_cpu_end, messages),
+        # Wall-time shares of the two serial stages in the latency phase: the telemetry write
+        # (ingest's writer thread waiting on its child) and the alarm process (evaluations and
+        # writes). Near 1.0, that stage is the bottleneck and queues build in front of it.
+        "telemetry_write_busy_share": round(write_busy, 3),
+        "alarm_busy_share": round(alarm_busy, 3),
         "max_alarm_ms": lat["max_ms"],
         "alarm_write_failures": alarm_failures,
         "backend": "sqlite",

@@ -33,3 +33,5 @@ def test_bench_alarms_prints_one_json_object_with_every_figure(tmp_path: Path) -
                                                       abs=0.005)
     assert result["alarm_events"] > 0 and result["p50_alarm_ms"] <= result["p99_alarm_ms"]
     assert result["alarm_write_failures"] == 0
+    # The serial stages' busy shares: real fractions of the latency phase's wall time.
+    assert 0 < result["telemetry_write_busy_share"] <= 1 and 0 < result["alarm_busy_share"] <= 1

@@ -73,6 +73,7 @@ class AlarmRuntime:
         self.points_evaluated = 0
         self.events_published = 0
         self.write_failures = 0
+        self.busy_seconds = 0.0  # wall time the alarm thread spent evaluating and writing
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -168,7 +169,9 @@ class AlarmRuntime:
                     break
             if parts:
                 points = join_points(parts)
+                started = time.perf_counter()
                 written = self._call(self.writer.evaluate, points, what=f"evaluating {len(points)} points")
+                self.busy_seconds += time.perf_counter() - started
                 if written is not None and written.events and first is not None:
                     self.accepted_to_event_s.append(time.perf_counter() - first)
                 self.points_evaluated += len(points)

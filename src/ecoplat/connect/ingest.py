@@ -150,6 +150,7 @@ class IngestStats:
     batches_written: int = 0
     write_failures: int = 0
     rejects: int = 0
+    write_seconds: float = 0.0  # wall time spent in the store's write (how busy the writer is)
 
 
 class IngestPipeline:
@@ -366,7 +367,11 @@ class IngestPipeline:
                 messages_of[d] = messages_of.get(d, 0) + 1
         total = len(points)
         try:
-            self.store.write(points, enterprise_of)
+            started = time.perf_counter()
+            try:
+                self.store.write(points, enterprise_of)
+            finally:
+                self.stats.write_seconds += time.perf_counter() - started
         except Exception as e:
             self.stats.write_failures += 1
             log.exception("telemetry write of %d points failed; the senders get an error and may retry", total)
