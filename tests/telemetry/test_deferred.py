@@ -50,6 +50,8 @@ def _on_disk(url: str) -> dict[str, object]:
 
 
 def _now_minute() -> int:
+    """The start of the current minute. Points from there on stay within the deferral window
+    even if the minute ends while the test runs (points are in the future by under a minute)."""
     now = int(time.time() * 1000)
     return now - now % MINUTE_MS
 
@@ -86,7 +88,7 @@ def deferring(url: str) -> Iterator[SqliteTelemetryStore]:
 def test_recent_points_are_folded_later_but_reads_see_them_at_once(url: str,
                                                                    deferring: SqliteTelemetryStore) -> None:
     assert deferring.defer
-    start = _now_minute() - 30_000
+    start = _now_minute()
     deferring.write(_recent_frames(start, 20), {DEV: ENT})
     # Raw rows are in the file; the sums are owed, and the file says from which minute.
     disk = _on_disk(url)
@@ -112,7 +114,7 @@ def test_old_points_are_folded_at_once(url: str, deferring: SqliteTelemetryStore
 
 
 def test_sums_owed_for_a_second_are_flushed_by_the_next_write(url: str, deferring: SqliteTelemetryStore) -> None:
-    start = _now_minute() - 30_000
+    start = _now_minute()
     deferring.write([Point(DEV, "x", start, 1.0)], {DEV: ENT})
     time.sleep(1.1)
     deferring.write([Point(DEV, "x", start + 1000, 2.0)], {DEV: ENT})
@@ -121,7 +123,7 @@ def test_sums_owed_for_a_second_are_flushed_by_the_next_write(url: str, deferrin
 
 
 def test_a_replayed_point_after_deferred_ones_is_counted_once(url: str, deferring: SqliteTelemetryStore) -> None:
-    start = _now_minute() - 30_000
+    start = _now_minute()
     deferring.write([Point(DEV, "x", start, 1.0), Point(DEV, "x", start + 1000, 2.0)], {DEV: ENT})
     deferring.write([Point(DEV, "x", start + 1000, 5.0)], {DEV: ENT})  # the sender sends it again, changed
     deferring.flush()
@@ -129,7 +131,7 @@ def test_a_replayed_point_after_deferred_ones_is_counted_once(url: str, deferrin
 
 
 def test_only_one_store_defers_and_no_other_rebuilds_under_it(url: str, deferring: SqliteTelemetryStore) -> None:
-    start = _now_minute() - 30_000
+    start = _now_minute()
     deferring.write([Point(DEV, "x", start, 1.0)], {DEV: ENT})
     other = SqliteTelemetryStore(_file(url), defer=True)
     try:
@@ -152,7 +154,7 @@ def process_store(url: str) -> Iterator[ProcessWriteStore]:
 
 def test_a_writer_killed_with_sums_in_memory_is_followed_by_one_that_rebuilds_them(
         url: str, process_store: ProcessWriteStore) -> None:
-    start = _now_minute() - 50_000  # two minutes' buckets
+    start = _now_minute()
     frames = _recent_frames(start, 40)
     for i in range(0, 40, 5):
         process_store.write(Frames(frames.frames[i:i + 5]), {DEV: ENT})
@@ -180,7 +182,7 @@ def test_a_writer_killed_with_sums_in_memory_is_followed_by_one_that_rebuilds_th
 
 
 def test_an_idle_writer_flushes_by_itself(url: str, process_store: ProcessWriteStore) -> None:
-    start = _now_minute() - 30_000
+    start = _now_minute()
     process_store.write([Point(DEV, "x", start, 1.0)], {DEV: ENT})
     deadline = time.monotonic() + 10
     while _on_disk(url)["owed_from_minute"] != 0:

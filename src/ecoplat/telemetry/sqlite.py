@@ -399,8 +399,6 @@ class SqliteTelemetryStore(SqlTelemetryStore):
             self._owed_since = time.monotonic()
         _merge_minutes(self._owed_1m, minute)
         _merge_latest(self._owed_latest, latest)
-        if time.monotonic() - self._owed_since >= FLUSH_INTERVAL_S:
-            self._flush_owed(conn)
 
     # -- the recent table -------------------------------------------------------------------------
     @staticmethod
@@ -589,6 +587,9 @@ class SqliteTelemetryStore(SqlTelemetryStore):
                 self._defer(conn, minute, latest, now)
             else:
                 _fold_now(conn, minute, latest)
+            # Whichever way this batch went, sums owed for a second are written now.
+            if self._owed_since is not None and time.monotonic() - self._owed_since >= FLUSH_INTERVAL_S:
+                self._flush_owed(conn)
             return
         # Some points existed: the touched buckets are rebuilt from raw rows, which already
         # hold what deferred batches owe, so that is written first.
