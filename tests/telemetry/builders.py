@@ -3,17 +3,20 @@ tenant (enterprise, users, devices with tokens) for API tests that need real con
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ecoplat.connect.ingest import hash_token
 from ecoplat.connect.models import Device
 from ecoplat.db import Database
 from ecoplat.telemetry.points import Point, Value
+from ecoplat.telemetry.store import open_store
+from ecoplat.telemetry.writer import ProcessWriteStore
 from ecoplat.tenancy.auth import hash_password, issue_tokens
 from ecoplat.tenancy.models import Enterprise, Role, SizeClass, User
 
@@ -96,3 +99,14 @@ def process_gone(pid: int, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+@contextlib.contextmanager
+def open_process_store(url: str) -> Iterator[ProcessWriteStore]:
+    """The platform's store for `url`: writes in a child process, reads here."""
+    s = open_store(url, write_process=True)
+    assert isinstance(s, ProcessWriteStore)
+    try:
+        yield s
+    finally:
+        s.close()

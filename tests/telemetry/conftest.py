@@ -28,6 +28,14 @@ from .builders import Tenant, make_tenant
 SECRET = "telemetry-test-secret-" + "y" * 32
 
 
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A migrated SQLite database of the test's own (telemetry file included)."""
+    url = f"sqlite:///{tmp_path / 'plant.db'}"
+    upgrade(url)
+    return url
+
+
 @pytest.fixture(scope="module")
 def store(database_url: str) -> Iterator[SqlTelemetryStore]:
     s = open_store(database_url)

@@ -9,36 +9,26 @@ import signal
 import sqlite3
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from ecoplat.migrations_runner import upgrade
 from ecoplat.telemetry.points import Frames, Point, Sample
 from ecoplat.telemetry.query import HOUR_MS, MINUTE_MS
 from ecoplat.telemetry.sqlite import SqliteTelemetryStore, telemetry_path
-from ecoplat.telemetry.store import open_store
 from ecoplat.telemetry.writer import ProcessWriteStore
 
-from .builders import T0, process_gone
+from .builders import T0, open_process_store, process_gone
 
 DEV, ENT = 41, 7
 
 
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    u = f"sqlite:///{tmp_path / 'plant.db'}"
-    upgrade(u)
-    return u
+def _file(sqlite_url: str) -> str:
+    return telemetry_path(sqlite_url.removeprefix("sqlite:///"))
 
 
-def _file(url: str) -> str:
-    return telemetry_path(url.removeprefix("sqlite:///"))
-
-
-def _on_disk(url: str) -> dict[str, object]:
+def _on_disk(sqlite_url: str) -> dict[str, object]:
     """What the file itself holds (another connection, as after a crash)."""
-    with sqlite3.connect(_file(url)) as conn:
+    with sqlite3.connect(_file(sqlite_url)) as conn:
         return {
             "owed_from_minute": conn.execute("PRAGMA user_version").fetchone()[0],
             "1m": conn.execute("SELECT bucket_ts, count, sum, min, max FROM telemetry_agg_1m "
@@ -79,19 +69,19 @@ def _expected_rollups(start: int, n: int) -> tuple[list[tuple], list[tuple]]:
 
 
 @pytest.fixture
-def deferring(url: str) -> Iterator[SqliteTelemetryStore]:
-    s = SqliteTelemetryStore(_file(url), defer=True)
+def deferring(sqlite_url: str) -> Iterator[SqliteTelemetryStore]:
+    s = SqliteTelemetryStore(_file(sqlite_url), defer=True)
     yield s
     s.close()
 
 
-def test_recent_points_are_folded_later_but_reads_see_them_at_once(url: str,
+def test_recent_points_are_folded_later_but_reads_see_them_at_once(sqlite_url: str,
                                                                    deferring: SqliteTelemetryStore) -> None:
     assert deferring.defer
     start = _now_minute()
     deferring.write(_recent_frames(start, 20), {DEV: ENT})
     # Raw rows are in the file; the sums are owed, and the file says from which minute.
-    disk = _on_disk(url)
+    disk = _on_disk(sqlite_url)
     assert disk["1m"] == [] and disk["latest"] == []
     assert disk["owed_from_minute"] > 0
     assert disk["owed_from_minute"] * MINUTE_MS <= start
@@ -99,66 +89,64 @@ def test_recent_points_are_folded_later_but_reads_see_them_at_once(url: str,
     # A read writes what is owed first.
     assert deferring.latest(DEV) == {"current_ka": Sample(start + 19_000, 29.0), "mode": Sample(start + 19_000, "m19")}
     one_m, one_h = _expected_rollups(start, 20)
-    disk = _on_disk(url)
+    disk = _on_disk(sqlite_url)
     assert disk["owed_from_minute"] == 0
     assert disk["1m"] == one_m and disk["1h"] == one_h
     buckets = deferring.aggregate(DEV, ["current_ka"], start - start % HOUR_MS, start + HOUR_MS, MINUTE_MS)
     assert [(b.ts, b.count, b.sum) for b in buckets["current_ka"]] == [row[:3] for row in one_m]
 
 
-def test_old_points_are_folded_at_once(url: str, deferring: SqliteTelemetryStore) -> None:
+def test_old_points_are_folded_at_once(sqlite_url: str, deferring: SqliteTelemetryStore) -> None:
     deferring.write([Point(DEV, "x", T0, 1.0), Point(DEV, "x", T0 + 1000, 3.0)], {DEV: ENT})
-    disk = _on_disk(url)
+    disk = _on_disk(sqlite_url)
     assert disk["owed_from_minute"] == 0
     assert disk["1m"] == [(T0, 2, 4.0, 1.0, 3.0)] and disk["latest"] == [(T0 + 1000, 3.0, None)]
 
 
-def test_sums_owed_for_a_second_are_flushed_by_the_next_write(url: str, deferring: SqliteTelemetryStore) -> None:
+def test_sums_owed_for_a_second_are_flushed_by_the_next_write(sqlite_url: str, deferring: SqliteTelemetryStore) -> None:
     start = _now_minute()
     deferring.write([Point(DEV, "x", start, 1.0)], {DEV: ENT})
     time.sleep(1.1)
     deferring.write([Point(DEV, "x", start + 1000, 2.0)], {DEV: ENT})
-    disk = _on_disk(url)
+    disk = _on_disk(sqlite_url)
     assert disk["owed_from_minute"] == 0 and disk["1m"] == [(_minute(start), 2, 3.0, 1.0, 2.0)]
 
 
-def test_a_replayed_point_after_deferred_ones_is_counted_once(url: str, deferring: SqliteTelemetryStore) -> None:
+def test_a_replayed_point_after_deferred_ones_is_counted_once(sqlite_url: str, deferring: SqliteTelemetryStore) -> None:
     start = _now_minute()
     deferring.write([Point(DEV, "x", start, 1.0), Point(DEV, "x", start + 1000, 2.0)], {DEV: ENT})
     deferring.write([Point(DEV, "x", start + 1000, 5.0)], {DEV: ENT})  # the sender sends it again, changed
     deferring.flush()
-    assert _on_disk(url)["1m"] == [(_minute(start), 2, 6.0, 1.0, 5.0)]
+    assert _on_disk(sqlite_url)["1m"] == [(_minute(start), 2, 6.0, 1.0, 5.0)]
 
 
-def test_only_one_store_defers_and_no_other_rebuilds_under_it(url: str, deferring: SqliteTelemetryStore) -> None:
+def test_only_one_store_defers_and_no_other_rebuilds_under_it(sqlite_url: str, deferring: SqliteTelemetryStore) -> None:
     start = _now_minute()
     deferring.write([Point(DEV, "x", start, 1.0)], {DEV: ENT})
-    other = SqliteTelemetryStore(_file(url), defer=True)
+    other = SqliteTelemetryStore(_file(sqlite_url), defer=True)
     try:
         assert not other.defer
         # The other store did not rebuild under the live writer (which still owes the sums).
-        assert _on_disk(url)["owed_from_minute"] > 0
+        assert _on_disk(sqlite_url)["owed_from_minute"] > 0
     finally:
         other.close()
     deferring.flush()
-    assert _on_disk(url)["1m"] == [(_minute(start), 1, 1.0, 1.0, 1.0)]
+    assert _on_disk(sqlite_url)["1m"] == [(_minute(start), 1, 1.0, 1.0, 1.0)]
 
 
 @pytest.fixture
-def process_store(url: str) -> Iterator[ProcessWriteStore]:
-    s = open_store(url, write_process=True)
-    assert isinstance(s, ProcessWriteStore)
-    yield s
-    s.close()
+def process_store(sqlite_url: str) -> Iterator[ProcessWriteStore]:
+    with open_process_store(sqlite_url) as s:
+        yield s
 
 
 def test_a_writer_killed_with_sums_in_memory_is_followed_by_one_that_rebuilds_them(
-        url: str, process_store: ProcessWriteStore) -> None:
+        sqlite_url: str, process_store: ProcessWriteStore) -> None:
     start = _now_minute()
     frames = _recent_frames(start, 40)
     for i in range(0, 40, 5):
         process_store.write(Frames(frames.frames[i:i + 5]), {DEV: ENT})
-    disk = _on_disk(url)
+    disk = _on_disk(sqlite_url)
     assert disk["owed_from_minute"] > 0 and disk["latest"] == []  # owed, in the writer's memory
     pid = process_store.writer_pid
     assert pid is not None
@@ -175,17 +163,17 @@ def test_a_writer_killed_with_sums_in_memory_is_followed_by_one_that_rebuilds_th
     minutes[b][0] += 1
     minutes[b][1] += 50.0
     minutes[b][3] = max(minutes[b][3], 50.0)
-    disk = _on_disk(url)
+    disk = _on_disk(sqlite_url)
     assert disk["owed_from_minute"] == 0
     assert disk["1m"] == [(b_, *row) for b_, row in sorted(minutes.items())]
     assert [r[:3] for r in disk["1h"]] == [(h, c + 1, s + 50.0) for h, c, s, _, _ in one_h]
 
 
-def test_an_idle_writer_flushes_by_itself(url: str, process_store: ProcessWriteStore) -> None:
+def test_an_idle_writer_flushes_by_itself(sqlite_url: str, process_store: ProcessWriteStore) -> None:
     start = _now_minute()
     process_store.write([Point(DEV, "x", start, 1.0)], {DEV: ENT})
     deadline = time.monotonic() + 10
-    while _on_disk(url)["owed_from_minute"] != 0:
+    while _on_disk(sqlite_url)["owed_from_minute"] != 0:
         assert time.monotonic() < deadline, "the idle writer never flushed"
         time.sleep(0.05)
-    assert _on_disk(url)["latest"] == [(start, 1.0, None)]
+    assert _on_disk(sqlite_url)["latest"] == [(start, 1.0, None)]

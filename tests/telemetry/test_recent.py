@@ -4,6 +4,8 @@ replays, deletes and retention see both; the boundary starts past every stored r
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,27 +19,20 @@ from ecoplat.telemetry.points import Point, Sample
 from ecoplat.telemetry.query import MINUTE_MS
 from ecoplat.telemetry.sqlite import SqliteTelemetryStore, telemetry_path
 
-from .builders import T0
+from .builders import T0, open_process_store, process_gone
 
 DEV, ENT = 41, 7
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
-    u = f"sqlite:///{tmp_path / 'plant.db'}"
-    upgrade(u)
-    return u
-
-
-@pytest.fixture
-def store(url: str) -> Iterator[SqliteTelemetryStore]:
-    s = SqliteTelemetryStore(telemetry_path(url.removeprefix("sqlite:///")))
+def store(sqlite_url: str) -> Iterator[SqliteTelemetryStore]:
+    s = SqliteTelemetryStore(telemetry_path(sqlite_url.removeprefix("sqlite:///")))
     yield s
     s.close()
 
 
-def _disk(url: str) -> dict[str, object]:
-    with sqlite3.connect(telemetry_path(url.removeprefix("sqlite:///"))) as conn:
+def _disk(sqlite_url: str) -> dict[str, object]:
+    with sqlite3.connect(telemetry_path(sqlite_url.removeprefix("sqlite:///"))) as conn:
         return {
             "raw": conn.execute("SELECT ts, v_num, v_str FROM telemetry_raw ORDER BY ts").fetchall(),
             "recent": conn.execute("SELECT ts, v_num, v_str FROM telemetry_raw_recent ORDER BY ts").fetchall(),
@@ -55,12 +50,12 @@ def _merge_now(store: SqliteTelemetryStore, monkeypatch: pytest.MonkeyPatch) -> 
     store._merged_at = 0.0
 
 
-def test_recent_points_go_to_the_recent_table_and_reads_see_both(url: str, store: SqliteTelemetryStore) -> None:
+def test_recent_points_go_to_the_recent_table_and_reads_see_both(sqlite_url: str, store: SqliteTelemetryStore) -> None:
     now = _now()
     old = [Point(DEV, "x", T0 + i * 1000, float(i)) for i in range(3)]
     recent = [Point(DEV, "x", now - 3000 + i * 1000, 10.0 + i) for i in range(3)]
     store.write(old + recent + [Point(DEV, "mode", now, "auto")], {DEV: ENT})
-    disk = _disk(url)
+    disk = _disk(sqlite_url)
     assert [r[0] for r in disk["raw"]] == [p.ts for p in old]
     assert [r[:2] for r in disk["recent"]] == [(p.ts, p.value) for p in recent] + [(now, None)]
     assert disk["recent"][-1][2] is not None  # the text value
@@ -76,43 +71,43 @@ def test_recent_points_go_to_the_recent_table_and_reads_see_both(url: str, store
 
 
 def test_a_merge_moves_aged_rows_and_the_boundary_and_reads_do_not_change(
-        url: str, store: SqliteTelemetryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        sqlite_url: str, store: SqliteTelemetryStore, monkeypatch: pytest.MonkeyPatch) -> None:
     now = _now()
     store.write([Point(DEV, "x", now - 2000, 1.0), Point(DEV, "x", now - 1000, 2.0)], {DEV: ENT})
-    assert len(_disk(url)["recent"]) == 2
+    assert len(_disk(sqlite_url)["recent"]) == 2
     _merge_now(store, monkeypatch)
     later = _now() + 5
     store.write([Point(DEV, "x", later + 60_000, 3.0)], {DEV: ENT})  # ahead of the clock: stays recent
-    disk = _disk(url)
+    disk = _disk(sqlite_url)
     assert [r[:2] for r in disk["raw"]] == [(now - 2000, 1.0), (now - 1000, 2.0)]
     assert [r[:2] for r in disk["recent"]] == [(later + 60_000, 3.0)]
     assert now - 1000 < disk["recent_from"] <= later + 60_000
     assert [s.value for s in store.range(DEV, ["x"], 0, later + 70_000)["x"]] == [1.0, 2.0, 3.0]
     # A point before the boundary now goes to the series table; one sent again is a replay there.
     store.write([Point(DEV, "x", now - 1500, 1.5), Point(DEV, "x", now - 1000, 2.5)], {DEV: ENT})
-    disk = _disk(url)
+    disk = _disk(sqlite_url)
     assert [r[:2] for r in disk["raw"]] == [(now - 2000, 1.0), (now - 1500, 1.5), (now - 1000, 2.5)]
     assert len(disk["recent"]) == 1
 
 
-def test_a_recent_point_sent_again_is_counted_once(url: str, store: SqliteTelemetryStore) -> None:
+def test_a_recent_point_sent_again_is_counted_once(sqlite_url: str, store: SqliteTelemetryStore) -> None:
     now = _now()
     store.write([Point(DEV, "x", now - 2000, 1.0), Point(DEV, "x", now - 1000, 2.0)], {DEV: ENT})
     store.write([Point(DEV, "x", now - 1000, 5.0)], {DEV: ENT})
-    assert [r[:2] for r in _disk(url)["recent"]] == [(now - 2000, 1.0), (now - 1000, 5.0)]
+    assert [r[:2] for r in _disk(sqlite_url)["recent"]] == [(now - 2000, 1.0), (now - 1000, 5.0)]
     start = now - 2000 - (now - 2000) % MINUTE_MS
     buckets = store.aggregate(DEV, ["x"], start, start + 2 * MINUTE_MS, MINUTE_MS)["x"]
     assert (sum(b.count for b in buckets), sum(b.sum for b in buckets)) == (2, 6.0)
 
 
-def test_deleting_a_device_and_retention_reach_the_recent_table(url: str, store: SqliteTelemetryStore) -> None:
+def test_deleting_a_device_and_retention_reach_the_recent_table(sqlite_url: str, store: SqliteTelemetryStore) -> None:
     now = _now()
     store.write([Point(DEV, "x", T0, 0.5), Point(DEV, "x", now - 1000, 1.0), Point(DEV, "x", now, 2.0)],
                 {DEV: ENT})
     assert store.apply_retention(ENT, now) == 2  # T0's row and the recent one before the cutoff
-    assert [r[:2] for r in _disk(url)["recent"]] == [(now, 2.0)]
+    assert [r[:2] for r in _disk(sqlite_url)["recent"]] == [(now, 2.0)]
     assert store.delete_device(DEV) == 1
-    assert _disk(url)["recent"] == [] and store.range(DEV, ["x"], 0, now + 1) == {"x": []}
+    assert _disk(sqlite_url)["recent"] == [] and store.range(DEV, ["x"], 0, now + 1) == {"x": []}
 
 
 def test_the_boundary_starts_past_every_row_already_stored(tmp_path: Path) -> None:
@@ -126,21 +121,11 @@ def test_the_boundary_starts_past_every_row_already_stored(tmp_path: Path) -> No
     assert _disk(u)["recent_from"] == ahead + 1
 
 
-def test_a_killed_writer_owing_sums_of_recent_points_is_repaired_from_the_recent_table(url: str) -> None:
-    import os
-    import signal
-
-    from ecoplat.telemetry.store import open_store
-    from ecoplat.telemetry.writer import ProcessWriteStore
-
-    from .builders import process_gone
-
-    s = open_store(url, write_process=True)
-    assert isinstance(s, ProcessWriteStore)
-    try:
+def test_a_killed_writer_owing_sums_of_recent_points_is_repaired_from_the_recent_table(sqlite_url: str) -> None:
+    with open_process_store(sqlite_url) as s:
         now = _now()
         s.write([Point(DEV, "x", now - 3000 + i * 1000, 10.0 + i) for i in range(3)], {DEV: ENT})
-        assert len(_disk(url)["recent"]) == 3
+        assert len(_disk(sqlite_url)["recent"]) == 3
         pid = s.writer_pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
@@ -151,11 +136,9 @@ def test_a_killed_writer_owing_sums_of_recent_points_is_repaired_from_the_recent
         start = (now - 3000) - (now - 3000) % MINUTE_MS
         buckets = s.aggregate(DEV, ["x"], start, start + 2 * MINUTE_MS, MINUTE_MS)["x"]
         assert (sum(b.count for b in buckets), sum(b.sum for b in buckets)) == (3, 33.0)
-    finally:
-        s.close()
 
 
-def test_downgrading_keeps_the_recent_points(url: str, store: SqliteTelemetryStore) -> None:
+def test_downgrading_keeps_the_recent_points(sqlite_url: str, store: SqliteTelemetryStore) -> None:
     from alembic import command
 
     from ecoplat.migrations_runner import alembic_config
@@ -163,18 +146,18 @@ def test_downgrading_keeps_the_recent_points(url: str, store: SqliteTelemetrySto
     now = _now()
     store.write([Point(DEV, "x", T0, 1.0), Point(DEV, "x", now, 2.0)], {DEV: ENT})
     store.close()
-    command.downgrade(alembic_config(url), "0006")
-    with sqlite3.connect(telemetry_path(url.removeprefix("sqlite:///"))) as conn:
+    command.downgrade(alembic_config(sqlite_url), "0006")
+    with sqlite3.connect(telemetry_path(sqlite_url.removeprefix("sqlite:///"))) as conn:
         assert conn.execute("SELECT ts, v_num FROM telemetry_raw ORDER BY ts").fetchall() == [(T0, 1.0), (now, 2.0)]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert not {"telemetry_raw_recent", "telemetry_state"} & tables
 
 
 def test_an_idle_writer_merges_aged_rows_and_otherwise_writes_nothing(
-        url: str, store: SqliteTelemetryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        sqlite_url: str, store: SqliteTelemetryStore, monkeypatch: pytest.MonkeyPatch) -> None:
     now = _now()
     store.write([Point(DEV, "x", now - 1000, 1.0)], {DEV: ENT})
-    observer = sqlite3.connect(telemetry_path(url.removeprefix("sqlite:///")))
+    observer = sqlite3.connect(telemetry_path(sqlite_url.removeprefix("sqlite:///")))
     try:
         def version() -> int:  # changes whenever another connection commits to the file
             return int(observer.execute("PRAGMA data_version").fetchone()[0])
@@ -182,11 +165,11 @@ def test_an_idle_writer_merges_aged_rows_and_otherwise_writes_nothing(
         before = version()
         store._merged_at = 0.0
         store.idle()  # the row is younger than RECENT_WINDOW_MS: nothing to do, nothing written
-        assert version() == before and len(_disk(url)["recent"]) == 1
+        assert version() == before and len(_disk(sqlite_url)["recent"]) == 1
         _merge_now(store, monkeypatch)
         store.idle()
         assert version() != before
     finally:
         observer.close()
-    disk = _disk(url)
+    disk = _disk(sqlite_url)
     assert disk["recent"] == [] and [r[:2] for r in disk["raw"]] == [(now - 1000, 1.0)]

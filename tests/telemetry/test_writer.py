@@ -15,15 +15,13 @@ from ecoplat.telemetry.points import Frames, Point, Sample
 from ecoplat.telemetry.store import open_store
 from ecoplat.telemetry.writer import ProcessWriteStore, WriterProcessError
 
-from .builders import T0, new_device_id, new_enterprise_id, process_gone
+from .builders import T0, new_device_id, new_enterprise_id, open_process_store, process_gone
 
 
 @pytest.fixture
 def process_store(database_url: str) -> Iterator[ProcessWriteStore]:
-    s = open_store(database_url, write_process=True)
-    assert isinstance(s, ProcessWriteStore)
-    yield s
-    s.close()
+    with open_process_store(database_url) as s:
+        yield s
 
 
 def test_the_writer_is_another_process_and_what_it_writes_reads_back(
