@@ -147,4 +147,8 @@ def get_db(request: Request) -> Iterator[Session]:
         yield s
 
 
-DbSession = Annotated[Session, Depends(get_db)]
+# scope="function": the unit of work commits before the response is sent. With the default
+# ("request") the commit ran after the client had its answer, so a redirect's follow-up GET
+# or a client's next call could read before the write was committed, and a failed commit
+# was never reported to the client that had been told it succeeded.
+DbSession = Annotated[Session, Depends(get_db, scope="function")]
