@@ -298,6 +298,23 @@ def _alarm_writer_cpu(writer: Any) -> float | None:
     return fn() if fn is not None else None
 
 
+def _collector_s(store: Any, writer: Any) -> dict[str, float | None]:
+    """Seconds each platform process has spent in the cycle collector since it settled (heap.py):
+    this one, the telemetry writer and the alarm process (None when that runs in this one)."""
+    from ecoplat import heap
+
+    def total(fn: Any) -> float | None:
+        return sum(fn()["seconds"]) if fn is not None else None
+
+    return {"platform": total(heap.stats), "telemetry_writer": total(getattr(store, "writer_heap_stats", None)),
+            "alarm_process": total(getattr(writer, "heap_stats", None))}
+
+
+def _collector_ms(start: dict[str, float | None], end: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: round((end[k] - v) * 1000, 1) if v is not None and end[k] is not None else None  # type: ignore[operator]
+            for k, v in start.items()}
+
+
 def _per_msg_ms(start: float | None, end: float | None, messages: int) -> float | None:
     return round((end - start) * 1000 / messages, 3) if start is not None and end is not None else None
 
@@ -407,6 +424,7 @@ def main() -> None:
         store = app.state.telemetry
         cpu_start, writer_cpu_start, stat_start = cpu_seconds(), _writer_cpu(store), _machine_stat()
         alarm_cpu_start = _alarm_writer_cpu(runtime.writer)
+        collector_start = _collector_s(store, runtime.writer)
         target = ingest.stats.points_written + messages * len(KEYS)
         write_busy_start, alarm_busy_start = ingest.stats.write_seconds, runtime.busy_seconds
         publishers = run_publishers(port, seeded["gateway_tokens"], names, messages, rate, args.excursion, 300,
@@ -417,6 +435,7 @@ def main() -> None:
         alarm_busy = (runtime.busy_seconds - alarm_busy_start) / (end - start)
         cpu_end, writer_cpu_end, stat_end = cpu_seconds(), _writer_cpu(store), _machine_stat()
         alarm_cpu_end = _alarm_writer_cpu(runtime.writer)
+        collector = _collector_ms(collector_start, _collector_s(store, runtime.writer))
         sent = publishers.join()
         runtime.drain(30)
         time.sleep(0.2)
@@ -474,6 +493,9 @@ def main() -> None:
         # writes). Near 1.0, that stage is the bottleneck and queues build in front of it.
         "telemetry_write_busy_share": round(write_busy, 3),
         "alarm_busy_share": round(alarm_busy, 3),
+        # Milliseconds each process spent in Python's cycle collector in the latency phase (every
+        # thread of that process stops meanwhile; heap.py keeps start-up objects out of its walks).
+        "collector_ms": collector,
         "max_alarm_ms": lat["max_ms"],
         "alarm_write_failures": alarm_failures,
         "backend": "sqlite",

@@ -19,6 +19,7 @@ from ecoplat.config import Settings
 from ecoplat.db import Database
 from ecoplat.errors import BodySizeLimit, RejectNulText, install_error_handlers
 from ecoplat.events import EventBus, make_event_bus
+from ecoplat.heap import settle
 from ecoplat.tenancy.auth import PrincipalCache
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,6 @@ HTTP_LATENCY = Histogram("ecoplat_http_request_seconds", "HTTP request latency",
 GC_PAUSE = Histogram("ecoplat_gc_pause_seconds", "Python garbage collection pauses", ["generation"],
                      buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
 _gc_started = [0.0]
-YOUNG_COLLECTION_AFTER = 50_000  # allocations (CPython: 700)
-MIDDLE_COLLECTION_AFTER = 10  # young collections (CPython: 10)
-FULL_COLLECTION_AFTER = 14  # middle collections: a full one every 7 M allocations, as before
 
 
 def _time_gc(phase: str, info: dict[str, int]) -> None:
@@ -104,19 +102,9 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
                     if runtime is not None:
                         await runtime.start(app)
                         started.append(runtime)
-            # Start-up objects live as long as the process: keep them out of every later GC pass
-            # (measured: list p95 11 → 7 ms, and multi-second collection stalls gone).
-            gc.collect()
-            gc.freeze()
-            # A full collection walks every object made since start-up (caches, queued batches):
-            # ~70 ms each, and with start-up frozen CPython ran one about every 2,000 gateway
-            # messages (measured: 6 in a 7 s ingest run, 408 ms of pauses). A young collection
-            # walks what is alive among the newest objects (batches in flight, tasks): at
-            # CPython's 700 allocations, 250 a second at 25,000 points/s, stopping every thread
-            # for 2-10 ms each (measured: 725 ms of pauses in 12 s of bench alarms; at 50,000,
-            # two pauses, 47 ms). So young collections wait for YOUNG_COLLECTION_AFTER
-            # allocations, and a full one comes after about as many allocations as before.
-            gc.set_threshold(YOUNG_COLLECTION_AFTER, MIDDLE_COLLECTION_AFTER, FULL_COLLECTION_AFTER)
+            # Start-up objects live as long as the process: out of every later collection's walk
+            # (measured: list p95 11 → 7 ms, and multi-second collection stalls gone; heap.py).
+            settle("platform")
             watch_gc()
             yield
         finally:

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
+from ecoplat import heap
+
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
@@ -79,8 +81,10 @@ def _stop(process: subprocess.Popen[bytes]) -> int | None:
 def serve(open_handler: Callable[[Any], Handler], *, name: str) -> None:
     """A child's main(): takes its end of the socket pair from argv, its setup from the first
     message, and runs the parent's calls in order until told to stop or the parent goes away.
-    `cpu_seconds` is an operation of every child. A handler with an `idle()` method has it called
-    when no call came for IDLE_AFTER_S (work it put off, such as a flush, gets done)."""
+    Once the handler is open, the heap is settled (heap.settle: what start-up made is kept out of
+    the cycle collector's walks). `cpu_seconds` and `heap_stats` are operations of every child.
+    A handler with an `idle()` method has it called when no call came for IDLE_AFTER_S (work it
+    put off, such as a flush, gets done)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Ctrl-C in a terminal reaches the whole process group; the parent stops the child in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -94,6 +98,7 @@ def serve(open_handler: Callable[[Any], Handler], *, name: str) -> None:
     except Exception as e:
         conn.send(("error", _portable(e)))
         return
+    heap.settle(name)
     conn.send(("ok", os.getpid()))
     idle = getattr(handler, "idle", None)
     try:
@@ -113,7 +118,8 @@ def serve(open_handler: Callable[[Any], Handler], *, name: str) -> None:
                 return
             op, args = message
             try:
-                result = cpu_seconds() if op == "cpu_seconds" else handler.handle(op, args)
+                result = (cpu_seconds() if op == "cpu_seconds" else heap.stats() if op == "heap_stats"
+                          else handler.handle(op, args))
             except Exception as e:
                 # The parent raises it again; the traceback from here is only in this log.
                 log.warning("%s: %s failed", name, op, exc_info=True)

@@ -189,6 +189,10 @@ class ProcessAlarmWriter:
         """CPU time the current child has used (the benchmark adds it to the platform's)."""
         return float(self._worker.call("cpu_seconds"))
 
+    def heap_stats(self) -> dict[str, Any]:
+        """What the child's cycle collector did (heap.stats)."""
+        return self._worker.call("heap_stats")  # type: ignore[no-any-return]
+
     def close(self) -> None:
         self._worker.close()
 

@@ -86,6 +86,10 @@ class ProcessWriteStore(SqlTelemetryStore):
         """CPU time the current writer process has used (benchmarks add it to the platform's)."""
         return float(self._worker.call("cpu_seconds"))
 
+    def writer_heap_stats(self) -> dict[str, Any]:
+        """What the writer process's cycle collector did (heap.stats)."""
+        return self._worker.call("heap_stats")  # type: ignore[no-any-return]
+
     # -- writes ---------------------------------------------------------------------------------
     def write(self, points: Sequence[Point], enterprise_of: Mapping[int, int]) -> None:
         if not points:
