@@ -121,3 +121,31 @@ def test_the_app_writes_in_process_when_settings_say_so(tmp_path: Path) -> None:
     app = create_app(settings)
     with TestClient(app):
         assert not isinstance(app.state.alarms.writer, ProcessAlarmWriter)
+
+
+def test_a_new_alarm_process_binds_every_device_at_load_and_settles_its_heap(fresh_database_url: str) -> None:
+    """Rules reach their devices when the process starts, not at each device's first point (no
+    lookup then), and what start-up made is out of the collector's walks (ecoplat.heap)."""
+    from ecoplat.db import Database
+    from ecoplat.heap import YOUNG_COLLECTION_AFTER
+
+    database = Database(fresh_database_url)
+    with database.session() as db:
+        plant = make_plant(db, devices=("E-101", "E-102", "E-103"), roles=())
+        make_rule(db, plant.enterprise_id, profile_id=plant.profile_id, kind="high", key="temp_c",
+                  params={"limit": 90})
+        make_rule(db, plant.enterprise_id, device_id=plant.device_id("E-102"), kind="low", key="temp_c",
+                  params={"limit": 10})
+        make_rule(db, plant.enterprise_id, device_id=plant.device_id("E-103"), kind="high", key="temp_c",
+                  params={"limit": 99}, enabled=False)
+    database.dispose()
+    writer = ProcessAlarmWriter(fresh_database_url)
+    try:
+        assert writer.counts() == (2, 4)  # the profile rule on three devices, the device rule on one
+        stats = writer.heap_stats()
+        assert stats["frozen"] > 10_000 and stats["thresholds"][0] == YOUNG_COLLECTION_AFTER
+        # A point of a bound device opens its alarm.
+        written = writer.evaluate([Point(plant.device_id("E-101"), "temp_c", T0, 95.0)])
+        assert [topic for topic, _ in written.events] == [f"alarm.{plant.enterprise_id}"]
+    finally:
+        writer.close()

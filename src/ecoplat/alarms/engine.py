@@ -507,6 +507,15 @@ class RuleEngine:
             self._latest.pop(device_id, None)
             self._multi_keys.pop(device_id, None)
 
+    def add_devices(self, infos: Iterable[DeviceInfo]) -> None:
+        """Binds the rules of devices not seen yet (at load, so that their first points find
+        them bound and nothing is looked up then); devices already known are left alone."""
+        with self._lock:
+            for info in infos:
+                if info.id not in self._devices:
+                    self._devices[info.id] = info
+                    self._bind_device(info)
+
     def set_device(self, info: DeviceInfo) -> None:
         with self._lock:
             self.forget_device(info.id)

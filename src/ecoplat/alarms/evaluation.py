@@ -18,10 +18,11 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
 
 from ecoplat.alarms import service
-from ecoplat.alarms.engine import ConditionChange, DeviceInfo, RuleEngine, RuleError
+from ecoplat.alarms.engine import ConditionChange, DeviceInfo, RuleEngine, RuleError, RuleSpec
 from ecoplat.alarms.models import AlarmRule
 from ecoplat.alarms.writer import AlarmWriter, Written
 from ecoplat.db import Database
@@ -62,12 +63,14 @@ class AlarmEvaluation:
         with self.database.session() as db:
             specs = service.load_enabled_rules(db)
             active = service.open_active_alarms(db)
+            devices = _devices_of(db, specs)
         with self._lock:
             for spec in specs:
                 try:
                     self.engine.upsert_rule(spec)
                 except RuleError as e:
                     log.error("alarm rule %s cannot be compiled and is skipped: %s", spec.id, e)
+            self.engine.add_devices(devices)
             for rule_id, device_id in active:
                 self.engine.restore_active(rule_id, device_id)
         log.info("alarm engine loaded %d rules, %d active alarms", self.engine.rule_count, len(active))
@@ -103,17 +106,10 @@ class AlarmEvaluation:
 
     def _resolve_device(self, device_id: int) -> DeviceInfo | None:
         from ecoplat.connect.models import Device
-        from ecoplat.tenancy.models import Equipment
 
         with self.database.session() as db:
-            row = db.execute(
-                select(Device.id, Device.enterprise_id, Device.profile_id, Device.name, Equipment.site_id)
-                .outerjoin(Equipment, Equipment.id == Device.equipment_id)
-                .where(Device.id == device_id)).first()
-        if row is None or row.enterprise_id is None:
-            return None
-        return DeviceInfo(id=row.id, enterprise_id=row.enterprise_id, profile_id=row.profile_id,
-                          name=row.name, site_id=row.site_id)
+            found = _device_infos(db, Device.id == device_id)
+        return found[0] if found else None
 
     # -- points and time ------------------------------------------------------------------------
 
@@ -151,3 +147,33 @@ class AlarmEvaluation:
 
     def close(self) -> None:
         self.writer.close()
+
+
+# Ids per IN (…) list: well under SQLite's limit on bound parameters.
+_IN_CHUNK = 500
+
+
+def _device_infos(db: Session, where: ColumnElement[bool]) -> list[DeviceInfo]:
+    """The claimed devices that match `where`, as the engine knows them."""
+    from ecoplat.connect.models import Device
+    from ecoplat.tenancy.models import Equipment
+
+    rows = db.execute(
+        select(Device.id, Device.enterprise_id, Device.profile_id, Device.name, Equipment.site_id)
+        .outerjoin(Equipment, Equipment.id == Device.equipment_id)
+        .where(where, Device.enterprise_id.is_not(None)))
+    return [DeviceInfo(id=r.id, enterprise_id=r.enterprise_id, profile_id=r.profile_id, name=r.name,
+                       site_id=r.site_id) for r in rows]
+
+
+def _devices_of(db: Session, specs: Sequence[RuleSpec]) -> list[DeviceInfo]:
+    """The devices the rules apply to: those named by a device rule, and every device of a
+    profile that has rules."""
+    from ecoplat.connect.models import Device
+
+    out: list[DeviceInfo] = []
+    for column, ids in ((Device.id, sorted({s.device_id for s in specs if s.device_id is not None})),
+                        (Device.profile_id, sorted({s.profile_id for s in specs if s.profile_id is not None}))):
+        for i in range(0, len(ids), _IN_CHUNK):
+            out += _device_infos(db, column.in_(ids[i:i + _IN_CHUNK]))
+    return out
