@@ -216,6 +216,14 @@ class _FloorDeviceApi:
         pass
 
     async def on_publish(self, ref: Any, topic: str, payload: bytes, conn: Any) -> None:
+        self._note(payload)
+
+    def publish_nowait(self, ref: Any, topic: str, payload: bytes, conn: Any, on_durable: Any) -> None:
+        """The broker's hot path, as the platform's device API takes it: done at once."""
+        self._note(payload)
+        on_durable(None)
+
+    def _note(self, payload: bytes) -> None:
         import orjson
 
         now = time.time() * 1000
@@ -225,8 +233,9 @@ class _FloorDeviceApi:
 
 def bare_broker(port: int, stop: Any, out: Any, ready: Any) -> None:
     """The platform's own MQTT broker (ecoplat.connect.broker: the same packet loop, QoS 1
-    acknowledged once the handler returns) with a device API that only decodes each message and
-    notes its latency: publisher + broker, the floor under the platform's publish → alarm latency."""
+    acknowledged once the device API says the message is done) with a device API that only
+    decodes each message and notes its latency: publisher + broker, the floor under the
+    platform's publish → alarm latency."""
     import asyncio
     import logging
 

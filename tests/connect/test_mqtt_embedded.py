@@ -59,7 +59,7 @@ def platform(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     upgrade(url)
     tenant = seed_tenant(url, devices=("cell-1", "cell-2", "detector-1", "bad-1", "revoked-1", "ack-1", "rpc-a",
                                        "rpc-b", "pipe-1", "bad-topic-1"),
-                         gateways=("gw-1",), limits=LIMITS)
+                         gateways=("gw-1", "gw-order"), limits=LIMITS)
     set_revoked(url, tenant.device("revoked-1")[0])
     port = free_port()
     settings = platform_settings(url, tmp / "var", mqtt_port=port, max_payload_bytes=4096)
@@ -320,6 +320,49 @@ def test_pipelined_qos1_publishes_are_all_acknowledged_in_order(platform: Platfo
     assert [int.from_bytes(a[2:], "big") for a in acks] == list(range(1, 41))
     stored = latest(platform.http, platform.tenant, device_id)["n"]
     assert stored == {"ts": base + 40, "value": 40}
+
+
+def test_a_gateway_publish_that_must_wait_is_not_overtaken_by_the_ones_behind_it(platform: Platform) -> None:
+    # Telemetry of known children is queued as it is read; a message for a child seen for the
+    # first time waits for the child to be created. The messages behind it on the connection
+    # must wait their turn: PUBACKs in order (MQTT 4.6), and the child's points in order.
+    import socket
+
+    gw_id, token = platform.tenant.device("gw-order")
+    base = int(time.time() * 1000) - 30_000
+    topic = _utf8("v1/gateway/telemetry")
+
+    def publish(pid: int, child: str) -> bytes:
+        return _packet(0x32, topic + pid.to_bytes(2, "big")
+                       + orjson.dumps({child: [{"ts": base + pid, "values": {"n": pid}}]}))
+
+    def read_acks(sock: socket.socket, n: int) -> list[int]:
+        data = b""
+        while len(data) < n * 4:
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed before every PUBACK arrived"
+            data += chunk
+        acks = [data[i:i + 4] for i in range(0, len(data), 4)]
+        assert [a[:2] for a in acks] == [b"\x40\x02"] * n
+        return [int.from_bytes(a[2:], "big") for a in acks]
+
+    with socket.create_connection(("127.0.0.1", platform.port), timeout=10) as sock:
+        connect = _utf8("MQTT") + bytes([4, 0x82]) + (30).to_bytes(2, "big") + _utf8("gw-order") + _utf8(token)
+        sock.sendall(_packet(0x10, connect))
+        assert sock.recv(4) == b"\x20\x02\x00\x00"
+        sock.sendall(publish(1, "known"))
+        assert read_acks(sock, 1) == [1]  # "known" exists now
+        sock.sendall(publish(2, "fresh") + b"".join(publish(pid, "known") for pid in range(3, 41)))
+        assert read_acks(sock, 39) == list(range(2, 41))
+        # An attributes message is handled apart from the telemetry batch, and may be done
+        # first: its PUBACK still waits for the telemetry's that came before it.
+        attributes = _packet(0x32, _utf8("v1/gateway/attributes") + (42).to_bytes(2, "big")
+                             + orjson.dumps({"known": {"model": "KSB"}}))
+        sock.sendall(publish(41, "known") + attributes + publish(43, "known"))
+        assert read_acks(sock, 3) == [41, 42, 43]
+    children = _children(platform.database_url, gw_id)
+    assert latest(platform.http, platform.tenant, children["fresh"][0])["n"] == {"ts": base + 2, "value": 2}
+    assert latest(platform.http, platform.tenant, children["known"][0])["n"] == {"ts": base + 43, "value": 43}
 
 
 def test_a_malformed_publish_closes_the_connection_and_what_came_before_stays_stored(platform: Platform) -> None:

@@ -18,6 +18,8 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
@@ -63,6 +65,12 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
     """amqtt's per-connection handler, with API publishes processed before the PUBACK."""
 
     device_api: MqttDeviceApi
+    # See _publish: this connection's publishes that wait in tasks, the lock that keeps their
+    # order, and the packet ids of its QoS 1 publishes in arrival order (and those done).
+    _waiting_publishes = 0
+    _order: asyncio.Lock | None = None
+    _ack_order: collections.deque[int] | None = None
+    _ack_ready: set[int] | None = None
 
     async def handle_publish(self, publish_packet: PublishPacket) -> None:
         session = self.session
@@ -86,6 +94,81 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
             self.device_api.ingest.reject(ref.device_id, "internal_error", f"{topic}: see server log")
         if qos == QOS_1 and packet_id is not None:
             self._ack(packet_id)
+
+    def _publish(self, ref: Any, topic: str, qos: int, packet_id: int | None, data: bytes,
+                 running: collections.deque[asyncio.Task[None]]) -> None:
+        """A device's publish from the reader loop. Telemetry is parsed and queued right here,
+        and acknowledged by a callback once durable (MqttDeviceApi.publish_nowait): no task, no
+        coroutine and no future per message. What has to wait (another topic, a gateway child
+        seen for the first time, a full ingest queue) runs in a task; while any such task of
+        this connection is unfinished, the publishes behind it queue up behind it, so the
+        points go in in the order they came. PUBACKs go out in the order the PUBLISHes came in
+        (MQTT 3.1.1 section 4.6), whatever order their work finishes in."""
+        if qos == QOS_1 and packet_id is not None:
+            self._expect_ack(packet_id)
+        on_durable = partial(self._acknowledge, ref, topic, packet_id if qos == QOS_1 else None)
+        if self._waiting_publishes:
+            self._in_order(ref, topic, data, on_durable, None, running)
+            return
+        try:
+            rest = self.device_api.publish_nowait(ref, topic, data, self._connection, on_durable)
+        except Exception as e:  # a bug in one message must never take the connection down
+            log.exception("processing MQTT publish on %s failed", topic)
+            on_durable(e)
+            return
+        if rest is not None:
+            self._in_order(ref, topic, data, on_durable, rest, running)
+
+    def _in_order(self, ref: Any, topic: str, data: bytes, on_durable: Callable[[BaseException | None], None],
+                  rest: Coroutine[Any, Any, None] | None, running: collections.deque[asyncio.Task[None]]) -> None:
+        self._waiting_publishes += 1  # counted from now: the next publish must not overtake this one
+        if self._order is None:
+            self._order = asyncio.Lock()
+        running.append(asyncio.create_task(self._when_its_turn(ref, topic, data, on_durable, rest)))
+
+    async def _when_its_turn(self, ref: Any, topic: str, data: bytes,
+                             on_durable: Callable[[BaseException | None], None],
+                             rest: Coroutine[Any, Any, None] | None) -> None:
+        """Handles a publish once every earlier one that waited has queued its points (the
+        lock goes to its waiters in the order they asked, which is the order they came in)."""
+        assert self._order is not None
+        try:
+            async with self._order:
+                if rest is None:
+                    rest = self.device_api.publish_nowait(ref, topic, data, self._connection, on_durable)
+                if rest is not None:
+                    await rest
+        except Exception as e:
+            log.exception("processing MQTT publish on %s failed", topic)
+            on_durable(e)
+        finally:
+            if rest is not None:
+                rest.close()  # never started when the connection closed first: no warning
+            self._waiting_publishes -= 1
+
+    def _acknowledge(self, ref: Any, topic: str, packet_id: int | None, error: BaseException | None) -> None:
+        """A publish is done: durable, or failed (counted as a reject and, as _api_publish does,
+        acknowledged all the same)."""
+        if error is not None:
+            log.error("storing MQTT publish on %s failed: %r", topic, error)
+            self.device_api.ingest.reject(ref.device_id, "internal_error", f"{topic}: see server log")
+        if packet_id is not None:
+            self._ack_in_order(packet_id)
+
+    def _expect_ack(self, packet_id: int) -> None:
+        if self._ack_order is None:
+            self._ack_order, self._ack_ready = collections.deque(), set()
+        self._ack_order.append(packet_id)
+
+    def _ack_in_order(self, packet_id: int) -> None:
+        """Acknowledges a publish once every publish that came before it is acknowledged."""
+        order, ready = self._ack_order, self._ack_ready
+        assert order is not None and ready is not None
+        ready.add(packet_id)
+        while order and order[0] in ready:
+            first = order.popleft()
+            ready.discard(first)
+            self._ack(first)
 
     async def _reader_loop(self) -> None:
         """The connection's packet loop, in place of amqtt's: a device's QoS 0/1 PUBLISH is
@@ -121,7 +204,7 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
                     ref = getattr(session, "ecoplat_device", None)
                     if ref is not None and qos in (QOS_0, QOS_1):
                         topic, packet_id, data = _parse_publish(await _read_exactly(reader, length), qos)
-                        running.append(asyncio.create_task(self._api_publish(ref, topic, qos, packet_id, data)))
+                        self._publish(ref, topic, qos, packet_id, data, running)
                         continue
                 if kind in (RESERVED_0, RESERVED_15):
                     log.warning("%s sent a reserved packet type %d: closing", session.client_id, kind)

@@ -135,6 +135,8 @@ class _Submission:
     done: threading.Event | None = None
     error: BaseException | None = None
     at: float = 0.0  # time.monotonic() when accepted
+    # submit_nowait(): called on `loop` with None, or the error, once the batch is done.
+    callback: Callable[[BaseException | None], None] | None = None
 
 
 @dataclass(slots=True)
@@ -245,10 +247,44 @@ class IngestPipeline:
         """Queues the points and returns once they are durable. Awaits while the queue is full
         (backpressure). A single submission larger than the whole bound is let in when the queue
         is empty, so it is never stuck."""
-        n = len(points)
-        if n == 0:
+        if not points:
             return
         loop = asyncio.get_running_loop()
+        await self._room_for(len(points), loop)
+        future: asyncio.Future[None] = loop.create_future()
+        self._enqueue(points, enterprise_id, loop, future, None)
+        await future
+
+    async def submit_queued(self, points: Sequence[Point], *, enterprise_id: int,
+                            on_durable: Callable[[BaseException | None], None] | None) -> None:
+        """Waits for room (as submit() does) and queues the points; returns once they are
+        queued. `on_durable` (if any) is called on this event loop with None once they are
+        durable, or with the error."""
+        if not points:
+            raise ValueError("submit_queued needs at least one point")
+        loop = asyncio.get_running_loop()
+        await self._room_for(len(points), loop)
+        self._enqueue(points, enterprise_id, loop, None, on_durable)
+
+    def submit_nowait(self, points: Sequence[Point], *, enterprise_id: int,
+                      on_durable: Callable[[BaseException | None], None] | None) -> bool:
+        """submit_queued() without a coroutine, for the MQTT broker's hot path: queues the
+        points and returns True, or returns False, queuing nothing, when the queue has no room
+        (the caller then awaits submit_queued(), which waits for it).
+
+        An awaited submit() keeps a task, its coroutines and a future alive per MQTT message
+        until the batch is durable: at 10,000 messages a second, tens of thousands of objects
+        that every young collection of the cycle collector walked (see ecoplat.heap)."""
+        n = len(points)
+        if n == 0:
+            raise ValueError("submit_nowait needs at least one point")
+        if self._queued_points and self._queued_points + n > self.queue_max_points:
+            return False
+        self._enqueue(points, enterprise_id, asyncio.get_running_loop() if on_durable is not None else None,
+                      None, on_durable)
+        return True
+
+    async def _room_for(self, n: int, loop: asyncio.AbstractEventLoop) -> None:
         space = self._space.get(loop)
         if space is None:
             with self._space_lock:
@@ -256,20 +292,24 @@ class IngestPipeline:
         while self._queued_points and self._queued_points + n > self.queue_max_points:
             space.clear()
             await space.wait()
+
+    def _enqueue(self, points: Sequence[Point], enterprise_id: int, loop: asyncio.AbstractEventLoop | None,
+                 future: asyncio.Future[None] | None,
+                 callback: Callable[[BaseException | None], None] | None) -> None:
         if self._thread is None or self._stopping:
             raise IngestStopped("the ingest pipeline is not running")
-        future: asyncio.Future[None] = loop.create_future()
+        n = len(points)
         with self._cond:
             first = not self._items
             self._queued_points += n
             self._unbatched_points += n
-            self._items.append(_Submission(points, enterprise_id, loop, future, at=time.monotonic()))
+            self._items.append(_Submission(points, enterprise_id, loop, future, at=time.monotonic(),
+                                           callback=callback))
             self._receive(points)
             # The writer needs waking only for a first item or a full batch; otherwise its timed
             # wait ends the fill window. A wake-up per message would cost a GIL hand-over each.
             if first or self._unbatched_points >= self.batch_max_points:
                 self._cond.notify()
-        await future
 
     def submit_blocking(self, points: Sequence[Point], *, enterprise_id: int, timeout: float = 60.0) -> None:
         """The same as submit() for code running in a thread of its own (not on an event loop)."""
@@ -467,13 +507,14 @@ class IngestPipeline:
             self._cond.notify_all()
         # One wake-up per event loop per batch, not one per submission: waking a loop costs a
         # syscall, and a batch may carry thousands of MQTT messages.
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Waiter]] = {}
         for item in batch:
-            if item.future is not None and item.loop is not None:
-                futures = by_loop.get(item.loop)
-                if futures is None:
-                    by_loop[item.loop] = futures = []
-                futures.append(item.future)
+            waiter = item.future if item.future is not None else item.callback
+            if waiter is not None and item.loop is not None:
+                waiters = by_loop.get(item.loop)
+                if waiters is None:
+                    by_loop[item.loop] = waiters = []
+                waiters.append(waiter)
             if item.done is not None:
                 item.error = error
                 item.done.set()
@@ -798,11 +839,21 @@ class IngestPipeline:
             self.rpc_response(device_id, request_id, data.get("response"))
 
 
-def _wake(futures: Sequence[asyncio.Future[None]], error: BaseException | None,
-          space: asyncio.Event | None) -> None:
-    """On the submitters' loop: resolves their futures and wakes submitters waiting for room."""
-    for future in futures:
-        _resolve(future, error)
+# What a submitter on an event loop waits with: submit()'s future or submit_nowait()'s callback.
+_Waiter = asyncio.Future[None] | Callable[[BaseException | None], None]
+
+
+def _wake(waiters: Sequence[_Waiter], error: BaseException | None, space: asyncio.Event | None) -> None:
+    """On the submitters' loop: resolves their futures, calls their callbacks (in the order
+    they were submitted) and wakes submitters waiting for room."""
+    for waiter in waiters:
+        if isinstance(waiter, asyncio.Future):
+            _resolve(waiter, error)
+            continue
+        try:
+            waiter(error)
+        except Exception:  # one submitter's bug must not keep the others waiting
+            log.exception("an ingest submitter's callback failed")
     if space is not None:
         space.set()
 

@@ -26,7 +26,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,7 +36,7 @@ from ecoplat.config import Settings
 from ecoplat.connect import payloads
 from ecoplat.connect.payloads import PayloadError, RejectReason
 from ecoplat.events import Event, EventBus
-from ecoplat.telemetry.points import Frame, Frames
+from ecoplat.telemetry.points import Frame, Frames, Point
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ class _Child:
     ref: Any  # DeviceRef of the child
     gateway_id: int
     name: str
+
+
+# A parsed gateway telemetry message: {child device name: [(ts, {key: value}), …]}.
+GatewayFrames = dict[str, list[payloads.Frame]]
 
 
 def classify(topic: str) -> tuple[str, str]:
@@ -208,16 +212,56 @@ class MqttDeviceApi:
         handler = self._handlers[kind]
         await handler(self, ref, payload, conn, request_id)
 
-    async def telemetry(self, ref: Any, payload: bytes) -> None:
+    def publish_nowait(self, ref: Any, topic: str, payload: bytes, conn: Connection,
+                       on_durable: Callable[[BaseException | None], None]) -> Coroutine[Any, Any, None] | None:
+        """on_publish() without a task where it can (the broker's hot path). A device's or a
+        gateway's telemetry is parsed here and its points queued; returns None then. Otherwise
+        (another topic, a gateway child not seen before, a full ingest queue) returns the
+        coroutine that finishes queuing or handling the message; the caller runs it.
+
+        Either way `on_durable` is called once, on this loop: with None when the points are
+        durable (at once when the message carried none to store, or once another topic's
+        message is handled), or with the storage error."""
+        if topic == "v1/devices/me/telemetry":
+            points = self._parse_telemetry(ref, payload)
+        elif topic == "v1/gateway/telemetry" and getattr(ref, "is_gateway", False):
+            parsed = self._parse_gateway_telemetry(ref, payload)
+            if parsed is None:
+                points = None
+            else:
+                points = self._cached_children_frames(ref, parsed)
+                if points is None:
+                    return self._queue_gateway_frames(ref, parsed, on_durable)  # a child to look up first
+        else:
+            return self._handle_then(self.on_publish(ref, topic, payload, conn), on_durable)
+        if not points:
+            on_durable(None)
+            return None
+        if self.ingest.submit_nowait(points, enterprise_id=ref.enterprise_id, on_durable=on_durable):
+            return None
+        return self.ingest.submit_queued(points, enterprise_id=ref.enterprise_id, on_durable=on_durable)
+
+    @staticmethod
+    async def _handle_then(work: Coroutine[Any, Any, None],
+                           on_durable: Callable[[BaseException | None], None]) -> None:
+        await work
+        on_durable(None)
+
+    def _parse_telemetry(self, ref: Any, payload: bytes) -> Sequence[Point] | None:
+        """The points of a device's telemetry message; what it got wrong is counted as rejects."""
         try:
             points, rejects = payloads.parse_telemetry(payload, device_id=ref.device_id,
                                                        now_ms=int(time.time() * 1000),
                                                        max_bytes=self.max_bytes)
         except PayloadError as e:
             self.ingest.reject(ref.device_id, e.reason.value, e.detail)
-            return
+            return None
         for r in rejects:
             self.ingest.reject(ref.device_id, r.reason.value, r.detail)
+        return points
+
+    async def telemetry(self, ref: Any, payload: bytes) -> None:
+        points = self._parse_telemetry(ref, payload)
         if points:
             await self.ingest.submit(points, enterprise_id=ref.enterprise_id)
 
@@ -325,23 +369,54 @@ class MqttDeviceApi:
         except PayloadError as e:
             self.ingest.reject(ref.device_id, e.reason.value, e.detail)
 
-    async def _gateway_telemetry(self, ref: Any, payload: bytes, conn: Connection, _rid: str) -> None:
+    def _parse_gateway_telemetry(self, ref: Any, payload: bytes) -> GatewayFrames | None:
+        """A gateway's telemetry message per child device name; rejects counted on the gateway."""
         try:
             per_device, rejects = payloads.parse_gateway_telemetry(
                 payload, now_ms=int(time.time() * 1000), max_bytes=self.max_bytes)
         except PayloadError as e:
             self.ingest.reject(ref.device_id, e.reason.value, e.detail)
-            return
+            return None
         for r in rejects:
             self.ingest.reject(ref.device_id, r.reason.value, r.detail)
+        return per_device
+
+    def _cached_children_frames(self, ref: Any, per_device: GatewayFrames) -> Frames | None:
+        """The frames of a parsed gateway message when every child is known already, else None."""
+        out: list[Frame] = []
+        children = self._children
+        gateway_id = ref.device_id
+        for name, frames in per_device.items():
+            known = children.get((gateway_id, name))
+            if known is None:
+                return None
+            device_id = known.ref.device_id
+            out += [(device_id, ts, values) for ts, values in frames]
+        return Frames(out)
+
+    async def _children_frames(self, ref: Any, per_device: GatewayFrames) -> Frames:
+        """The frames of a parsed gateway message, children created on first sight."""
         out: list[Frame] = []
         for name, frames in per_device.items():
             child = await self.child(ref, name)
             device_id = child.device_id
             out += [(device_id, ts, values) for ts, values in frames]
-        points = Frames(out)
+        return Frames(out)
+
+    async def _queue_gateway_frames(self, ref: Any, per_device: GatewayFrames,
+                                    on_durable: Callable[[BaseException | None], None]) -> None:
+        points = await self._children_frames(ref, per_device)
         if points:
-            await self.ingest.submit(points, enterprise_id=ref.enterprise_id)
+            await self.ingest.submit_queued(points, enterprise_id=ref.enterprise_id, on_durable=on_durable)
+        else:
+            on_durable(None)
+
+    async def _gateway_telemetry(self, ref: Any, payload: bytes, conn: Connection, _rid: str) -> None:
+        per_device = self._parse_gateway_telemetry(ref, payload)
+        if per_device is not None:
+            points = await self._children_frames(ref, per_device)
+            if points:
+                await self.ingest.submit(points, enterprise_id=ref.enterprise_id)
 
     async def _gateway_attributes(self, ref: Any, payload: bytes, conn: Connection, _rid: str) -> None:
         try:
