@@ -24,7 +24,7 @@ from typing import Any
 
 from simpleeval import SimpleEval
 
-from ecoplat.telemetry.points import Frames, Point, Value, points_of
+from ecoplat.telemetry.points import Frames, Point, Value
 
 
 class RuleKind(StrEnum):
@@ -295,7 +295,7 @@ class CompiledRule:
     evaluator: SimpleEval | None = None  # one per rule, used under the engine's lock
     suppress_evaluator: SimpleEval | None = None
     # Precomputed for the per-point checks.
-    check: Callable[[Any, Any, Point], bool | None] | None = None
+    check: Callable[[Any, Any, int, Any], bool | None] | None = None
     suppress: CompiledExpression | None = None  # suppression by design
     limit_f: float = 0.0
     clear_level: float = 0.0
@@ -442,15 +442,14 @@ class RuleEngine:
         self._devices: dict[int, DeviceInfo | None] = {}
         self._by_profile: dict[int, set[int]] = {}
         self._by_device: dict[int, set[int]] = {}
-        self._index: dict[tuple[int, str], list[Binding]] = {}
+        self._index: dict[int, dict[str, list[Binding]]] = {}  # device → key → bindings
         self._bindings: dict[tuple[int, int], Binding] = {}  # (rule_id, device_id)
         self._stale: dict[tuple[int, int], Binding] = {}
         self._delayed: dict[tuple[int, int], Binding] = {}  # bindings with a running delay
         self._latest: dict[int, dict[str, Value]] = {}  # values of keys multi-key rules need
         self._multi_keys: dict[int, set[str]] = {}  # device → keys to remember
         self._carry: dict[tuple[int, int], tuple[Any, ...]] = {}  # state kept across a rebind
-        self._suppress_index: dict[tuple[int, str], list[Binding]] = {}  # keys of suppress_when
-        self._bound: dict[int, int] = {}  # device → how many rules are bound to it
+        self._suppress_index: dict[int, dict[str, list[Binding]]] = {}  # keys of suppress_when
         for spec in rules:
             if spec.enabled:
                 self._rules[spec.id] = compile_rule(spec)
@@ -558,16 +557,14 @@ class RuleEngine:
         if carried is not None:
             (binding.active, binding.raw_active, binding.pending_since, binding.clear_since, binding.last_ts,
              binding.last_value) = carried
-        if (rule.spec.id, info.id) not in self._bindings:
-            self._bound[info.id] = self._bound.get(info.id, 0) + 1
         self._bindings[(rule.spec.id, info.id)] = binding
         for key in rule.keys:
-            self._index.setdefault((info.id, key), []).append(binding)
+            self._index.setdefault(info.id, {}).setdefault(key, []).append(binding)
         if len(rule.keys) > 1 or rule.kind == RuleKind.expression:
             self._multi_keys.setdefault(info.id, set()).update(rule.keys)
         if rule.suppress is not None:
             for key in rule.suppress.names:
-                self._suppress_index.setdefault((info.id, key), []).append(binding)
+                self._suppress_index.setdefault(info.id, {}).setdefault(key, []).append(binding)
             self._multi_keys.setdefault(info.id, set()).update(rule.suppress.names)
             # The condition's own keys too: the suppression expression may name them.
             self._multi_keys[info.id].update(k for k in rule.keys if k)
@@ -576,24 +573,9 @@ class RuleEngine:
 
     def _unbind(self, key: tuple[int, int]) -> None:
         binding = self._bindings.pop(key)
-        left = self._bound.get(key[1], 0) - 1
-        if left > 0:
-            self._bound[key[1]] = left
-        else:
-            self._bound.pop(key[1], None)
-        for k in binding.rule.keys:
-            lst = self._index.get((binding.device.id, k))
-            if lst is not None:
-                lst[:] = [b for b in lst if b is not binding]
-                if not lst:
-                    del self._index[(binding.device.id, k)]
+        _drop(self._index, binding, binding.rule.keys)
         if binding.rule.suppress is not None:
-            for k in binding.rule.suppress.names:
-                lst = self._suppress_index.get((binding.device.id, k))
-                if lst is not None:
-                    lst[:] = [b for b in lst if b is not binding]
-                    if not lst:
-                        del self._suppress_index[(binding.device.id, k)]
+            _drop(self._suppress_index, binding, binding.rule.suppress.names)
         self._stale.pop(key, None)
         self._delayed.pop(key, None)
 
@@ -618,78 +600,71 @@ class RuleEngine:
     def evaluate(self, points: Sequence[Point]) -> list[ConditionChange]:
         """Evaluates a batch in order; returns the condition changes it caused.
 
-        Per point: one dict lookup, and per rule on that key a comparison; the delay logic runs
-        only when the condition differs from the alarm's or a delay is running. Expression rules
-        are evaluated once per device and timestamp, after all that instant's keys are in."""
+        Frames (one device's values at one instant, as ingest hands them over) are read as they
+        are, without a Point per value; other points are taken as frames of one. Per value: two
+        dict lookups, and per rule on that key a comparison; the delay logic runs only when the
+        condition differs from the alarm's or a delay is running. Expression rules are
+        evaluated once per device and timestamp, after all that instant's keys are in."""
         out: list[ConditionChange] = []
         index = self._index
         devices = self._devices
-        bound = self._bound
         multi = self._multi_keys
         deferred: dict[int, tuple[int, dict[int, Binding], Value]] = {}
+        frames = points.frames if type(points) is Frames else [(p.device_id, p.ts, {p.key: p.value})
+                                                                 for p in points]
         with self._lock:
-            if type(points) is Frames:
-                points = self._bound_points(points)
-            for p in points:
-                dev = p.device_id
+            suppress = self._suppress_index
+            for dev, ts, values in frames:
                 if dev not in devices:
                     self._known(dev)
-                if dev not in bound:
+                keyed = index.get(dev)
+                suppressed_by = suppress.get(dev) if suppress else None
+                if keyed is None and suppressed_by is None:
                     continue
-                bindings = index.get((dev, p.key))
-                suppressing = self._suppress_index.get((dev, p.key)) if self._suppress_index else None
-                if not bindings and not suppressing:
-                    continue
-                if deferred and dev in deferred and deferred[dev][0] != p.ts:
+                if deferred and dev in deferred and deferred[dev][0] != ts:
                     self._flush_expressions(dev, deferred.pop(dev), out)
                 keep = multi.get(dev)
-                if keep is not None and p.key in keep:
-                    self._latest.setdefault(dev, {})[p.key] = p.value
-                if suppressing:
-                    for b in suppressing:
-                        self._evaluate_suppression(b, p, out)
-                if not bindings:
-                    continue
-                for b in bindings:
-                    check = b.rule.check
-                    if check is None:  # an expression: wait for the rest of this instant
-                        entry = deferred.get(dev)
-                        if entry is None or entry[0] != p.ts:
-                            entry = (p.ts, {}, p.value)
-                        entry[1][id(b)] = b
-                        deferred[dev] = (entry[0], entry[1], p.value)
+                for key, value in values.items():
+                    bindings = keyed.get(key) if keyed is not None else None
+                    suppressing = suppressed_by.get(key) if suppressed_by is not None else None
+                    if not bindings and not suppressing:
                         continue
-                    raw = check(self, b, p)
-                    if raw is None:
+                    if keep is not None and key in keep:
+                        self._latest.setdefault(dev, {})[key] = value
+                    if suppressing:
+                        for b in suppressing:
+                            self._evaluate_suppression(b, ts, out)
+                    if not bindings:
                         continue
-                    if raw is b.active and b.pending_since is None and b.clear_since is None:
+                    for b in bindings:
+                        check = b.rule.check
+                        if check is None:  # an expression: wait for the rest of this instant
+                            entry = deferred.get(dev)
+                            if entry is None or entry[0] != ts:
+                                entry = (ts, {}, value)
+                            entry[1][id(b)] = b
+                            deferred[dev] = (entry[0], entry[1], value)
+                            continue
+                        raw = check(self, b, ts, value)
+                        if raw is None:
+                            continue
+                        if raw is b.active and b.pending_since is None and b.clear_since is None:
+                            b.raw_active = raw
+                            continue
                         b.raw_active = raw
-                        continue
-                    b.raw_active = raw
-                    self._apply_delays(b, raw, p.ts, b.last_value, out)
+                        self._apply_delays(b, raw, ts, b.last_value, out)
             for dev, entry in deferred.items():
                 self._flush_expressions(dev, entry, out)
         return out
 
-    def _bound_points(self, frames: Frames) -> list[Point]:
-        """The Points of the frames whose device has rules (a gateway batch is mostly others')."""
-        devices, bound = self._devices, self._bound
-        out: list[Point] = []
-        for dev, ts, values in frames.frames:
-            if dev not in devices:
-                self._known(dev)
-            if dev in bound:
-                out += points_of(dev, ts, values)
-        return out
-
-    def _evaluate_suppression(self, b: Binding, p: Point, out: list[ConditionChange]) -> None:
+    def _evaluate_suppression(self, b: Binding, ts: int, out: list[ConditionChange]) -> None:
         expr = b.rule.suppress
         assert expr is not None
         held = self._run_expression(b.rule, expr, b.device.id, "suppress_evaluator")
         if held is None or held == b.suppressed:
             return
         b.suppressed = held
-        change = self._change(b, b.active, p.ts, b.last_value)
+        change = self._change(b, b.active, ts, b.last_value)
         out.append(replace(change, suppression=held, suppressed=held))
 
     def _flush_expressions(self, dev: int, entry: tuple[int, dict[int, Binding], Value],
@@ -827,26 +802,26 @@ def _f(value: Value) -> float | None:
     return _as_float(value)
 
 
-def _check_high(e: RuleEngine, b: Binding, p: Point) -> bool | None:
-    x = p.value if type(p.value) is float else _f(p.value)
+def _check_high(e: RuleEngine, b: Binding, ts: int, value: Value) -> bool | None:
+    x = value if type(value) is float else _f(value)
     if x is None:
         return None  # a text value cannot be compared with a limit
-    b.last_value = p.value
+    b.last_value = value
     r = b.rule
     return x >= r.clear_level if b.raw_active else x > r.limit_f  # type: ignore[operator]
 
 
-def _check_low(e: RuleEngine, b: Binding, p: Point) -> bool | None:
-    x = p.value if type(p.value) is float else _f(p.value)
+def _check_low(e: RuleEngine, b: Binding, ts: int, value: Value) -> bool | None:
+    x = value if type(value) is float else _f(value)
     if x is None:
         return None
-    b.last_value = p.value
+    b.last_value = value
     r = b.rule
     return x <= r.clear_level if b.raw_active else x < r.limit_f  # type: ignore[operator]
 
 
-def _check_deviation_setpoint(e: RuleEngine, b: Binding, p: Point) -> bool | None:
-    x = _f(p.value)
+def _check_deviation_setpoint(e: RuleEngine, b: Binding, ts: int, value: Value) -> bool | None:
+    x = _f(value)
     if x is None:
         return None
     r = b.rule
@@ -856,9 +831,9 @@ def _check_deviation_setpoint(e: RuleEngine, b: Binding, p: Point) -> bool | Non
     return d >= r.clear_level if b.raw_active else d > r.limit_f
 
 
-def _check_deviation_key(e: RuleEngine, b: Binding, p: Point) -> bool | None:
+def _check_deviation_key(e: RuleEngine, b: Binding, ts: int, value: Value) -> bool | None:
     r = b.rule
-    latest = e._latest.get(p.device_id)
+    latest = e._latest.get(b.device.id)
     if latest is None:
         return None
     own, ref = latest.get(r.spec.key), latest.get(r.reference_key or "")
@@ -873,40 +848,55 @@ def _check_deviation_key(e: RuleEngine, b: Binding, p: Point) -> bool | None:
     return d >= r.clear_level if b.raw_active else d > r.limit_f
 
 
-def _check_rate(e: RuleEngine, b: Binding, p: Point) -> bool | None:
-    x = _f(p.value)
+def _check_rate(e: RuleEngine, b: Binding, ts: int, value: Value) -> bool | None:
+    x = _f(value)
     if x is None:
         return None
     r = b.rule
     hist = b.history
     assert hist is not None
-    hist.append((p.ts, x))
+    hist.append((ts, x))
     # Keep the newest sample at or before the window's start, so the rate spans the window.
-    while len(hist) > 2 and hist[1][0] <= p.ts - r.window_ms:
+    while len(hist) > 2 and hist[1][0] <= ts - r.window_ms:
         hist.popleft()
     old_ts, old_x = hist[0]
-    if p.ts <= old_ts:
+    if ts <= old_ts:
         return None
-    rate = (x - old_x) / (p.ts - old_ts) * r.rate_per_ms
+    rate = (x - old_x) / (ts - old_ts) * r.rate_per_ms
     b.last_value = round(rate, 9)
     signed = rate if r.direction == "rise" else -rate if r.direction == "fall" else abs(rate)
     return signed >= r.clear_level if b.raw_active else signed > r.limit_f
 
 
-def _check_state(e: RuleEngine, b: Binding, p: Point) -> bool | None:
-    b.last_value = p.value
+def _check_state(e: RuleEngine, b: Binding, ts: int, value: Value) -> bool | None:
+    b.last_value = value
     # True == 1 in Python; a state match must not confuse a boolean with a number.
-    is_bool = isinstance(p.value, bool)
-    return any(v == p.value and isinstance(v, bool) == is_bool for v in b.rule.match_values)
+    is_bool = isinstance(value, bool)
+    return any(v == value and isinstance(v, bool) == is_bool for v in b.rule.match_values)
 
 
-def _check_stale(e: RuleEngine, b: Binding, p: Point) -> bool | None:
-    b.last_ts = p.ts if b.last_ts is None else max(b.last_ts, p.ts)
-    b.last_value = p.value
+def _check_stale(e: RuleEngine, b: Binding, ts: int, value: Value) -> bool | None:
+    b.last_ts = ts if b.last_ts is None else max(b.last_ts, ts)
+    b.last_value = value
     return False
 
 
-_CHECKS: dict[RuleKind, Callable[[RuleEngine, Binding, Point], bool | None] | None] = {
+def _drop(index: dict[int, dict[str, list[Binding]]], binding: Binding, keys: Iterable[str]) -> None:
+    """Takes a binding out of a device → key → bindings index."""
+    keyed = index.get(binding.device.id)
+    if keyed is None:
+        return
+    for k in keys:
+        lst = keyed.get(k)
+        if lst is not None:
+            lst[:] = [b for b in lst if b is not binding]
+            if not lst:
+                del keyed[k]
+    if not keyed:
+        del index[binding.device.id]
+
+
+_CHECKS: dict[RuleKind, Callable[[RuleEngine, Binding, int, Value], bool | None] | None] = {
     RuleKind.high: _check_high, RuleKind.high_high: _check_high,
     RuleKind.low: _check_low, RuleKind.low_low: _check_low,
     RuleKind.rate_of_change: _check_rate, RuleKind.state_match: _check_state,
