@@ -58,7 +58,7 @@ def platform(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     url = new_database_url(backend, tmp)
     upgrade(url)
     tenant = seed_tenant(url, devices=("cell-1", "cell-2", "detector-1", "bad-1", "revoked-1", "ack-1", "rpc-a",
-                                       "rpc-b", "pipe-1", "bad-topic-1"),
+                                       "rpc-b", "pipe-1", "bad-topic-1", "quiet-1", "pinger-1"),
                          gateways=("gw-1", "gw-order"), limits=LIMITS)
     set_revoked(url, tenant.device("revoked-1")[0])
     port = free_port()
@@ -363,6 +363,30 @@ def test_a_gateway_publish_that_must_wait_is_not_overtaken_by_the_ones_behind_it
     children = _children(platform.database_url, gw_id)
     assert latest(platform.http, platform.tenant, children["fresh"][0])["n"] == {"ts": base + 2, "value": 2}
     assert latest(platform.http, platform.tenant, children["known"][0])["n"] == {"ts": base + 43, "value": 43}
+
+
+def test_a_client_silent_past_one_and_a_half_keep_alives_is_disconnected(platform: Platform) -> None:
+    # MQTT 3.1.1 section 3.1.2.10: keep-alive 1 s, so nothing for 1.5 s ends the connection;
+    # a client that pings every 0.4 s stays connected meanwhile.
+    import socket
+
+    def connect(name: str) -> socket.socket:
+        _, token = platform.tenant.device(name)
+        sock = socket.create_connection(("127.0.0.1", platform.port), timeout=10)
+        sock.sendall(_packet(0x10, _utf8("MQTT") + bytes([4, 0x82]) + (1).to_bytes(2, "big") + _utf8(name)
+                             + _utf8(token)))
+        assert sock.recv(4) == b"\x20\x02\x00\x00"
+        return sock
+
+    with connect("quiet-1") as quiet, connect("pinger-1") as pinger:
+        started = time.monotonic()
+        pinger.settimeout(0.4)
+        while time.monotonic() - started < 3.0:
+            pinger.sendall(b"\xc0\x00")  # PINGREQ
+            assert pinger.recv(2) == b"\xd0\x00"  # PINGRESP: still connected
+            time.sleep(0.3)
+        quiet.settimeout(0.5)
+        assert quiet.recv(16) == b"", "the silent client is still connected after 3 s"
 
 
 def test_a_malformed_publish_closes_the_connection_and_what_came_before_stays_stored(platform: Platform) -> None:

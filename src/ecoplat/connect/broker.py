@@ -49,7 +49,6 @@ from amqtt.mqtt.packet import (
     MQTTFixedHeader,
 )
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import Session
 
@@ -60,6 +59,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A client that sends nothing for this many times its keep-alive is disconnected (MQTT 3.1.1
+# section 3.1.2.10, MQTT 5 section 3.1.2.11).
+KEEP_ALIVE_GRACE = 1.5
+
 
 class _DeviceProtocolHandler(BrokerProtocolHandler):
     """amqtt's per-connection handler, with API publishes processed before the PUBACK."""
@@ -68,6 +71,7 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
     # See _publish: this connection's publishes that wait in tasks, the lock that keeps their
     # order, and the packet ids of its QoS 1 publishes in arrival order (and those done).
     _waiting_publishes = 0
+    _last_packet_at = 0.0  # loop.time() of the last packet read (keep-alive)
     _order: asyncio.Lock | None = None
     _ack_order: collections.deque[int] | None = None
     _ack_ready: set[int] | None = None
@@ -184,6 +188,9 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
             raise ProtocolHandlerError("the reader loop started before the session")
         reader = self.reader
         keep_alive = session.keep_alive if session.keep_alive and session.keep_alive > 0 else None
+        loop = asyncio.get_running_loop()
+        self._last_packet_at = loop.time()
+        watchdog = self._watch_keep_alive(loop, keep_alive * KEEP_ALIVE_GRACE) if keep_alive else None
         running: collections.deque[asyncio.Task[None]] = collections.deque()
         # With no plugin listening for received packets (the embedded broker loads none),
         # a publish needs no packet object.
@@ -194,10 +201,10 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
                 self._reader_ready.set()
                 while running and running[0].done():
                     running.popleft()
-                async with asyncio.timeout(keep_alive):
-                    header = await _read_fixed_header(reader)
+                header = await _read_fixed_header(reader)
                 if header is None:
                     break  # the client closed the connection
+                self._last_packet_at = loop.time()
                 kind, flags, length = header
                 if kind == PUBLISH and fast:
                     qos = (flags >> 1) & 0x03
@@ -227,18 +234,38 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
                 log.debug("%s: malformed packet discarded", session.client_id)
             except asyncio.CancelledError:
                 break
-            except TimeoutError:
-                self.handle_read_timeout()
             except NoDataError:
                 break
             except Exception as e:
                 log.warning("%s: reading from the connection failed: %r", session.client_id, e)
                 break
+        if watchdog is not None:
+            watchdog.cancel()
         while running:
             running.popleft().cancel()
         await self.handle_connection_closed()
         self._reader_stopped.set()
         await self.stop()
+
+    def _watch_keep_alive(self, loop: asyncio.AbstractEventLoop, grace_s: float) -> _KeepAliveWatch:
+        """Closes the connection when the client sends nothing for `grace_s` (MQTT 3.1.1 section
+        3.1.2.10: one and a half times its keep-alive). One timer per connection, moved on only
+        when it fires, rather than a timeout around every packet read."""
+        watch = _KeepAliveWatch()
+
+        def check() -> None:
+            idle = loop.time() - self._last_packet_at
+            if idle < grace_s:
+                watch.timer = loop.call_later(grace_s - idle, check)
+                return
+            client = self.session.client_id if self.session is not None else "?"
+            log.info("%s sent nothing for %.1f s (keep-alive %.0f s): closing the connection", client, idle,
+                     grace_s / KEEP_ALIVE_GRACE)
+            if self._reader_task is not None and not self._reader_task.done():
+                self._reader_task.cancel()
+
+        watch.timer = loop.call_later(grace_s, check)
+        return watch
 
     def _ack(self, packet_id: int) -> None:
         """Queues a PUBACK; the connection's PUBACKs of one event-loop pass go out in one write.
@@ -259,7 +286,8 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
         if writer is None or getattr(writer, "is_closed", False) or self.session is None:
             return  # gone: the client resends the unacknowledged messages on its next session
         try:
-            writer.write(b"".join(PubackPacket.build(i).to_bytes() for i in ids))
+            # PUBACK: fixed header 0x40, remaining length 2, the packet id (MQTT 3.1.1 3.4).
+            writer.write(b"".join(b"\x40\x02" + i.to_bytes(2, "big") for i in ids))
         except (ConnectionError, RuntimeError) as e:
             log.info("acknowledging %d publishes failed: %s", len(ids), e)
 
@@ -269,6 +297,16 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
         if conn is None:
             conn = self._ecoplat_connection = DeviceConnection(self)
         return conn
+
+
+class _KeepAliveWatch:
+    """The keep-alive timer of one connection (replaced each time it fires and finds traffic)."""
+
+    timer: asyncio.TimerHandle | None = None
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 class MalformedPacketError(Exception):
@@ -376,7 +414,9 @@ class EmbeddedBroker(Broker):
                                       "max_connections": max_connections}},
             # No amqtt plugins at all: no anonymous login, no $SYS tree; our hooks below decide.
             "plugins": {},
-            "timeout_disconnect_delay": 2,
+            # The session keeps the client's own keep-alive: the reader loop allows it one and
+            # a half times over (KEEP_ALIVE_GRACE), as MQTT says, with no further slack.
+            "timeout_disconnect_delay": 0,
             "session_expiry_interval": 3600,
         }
         super().__init__(config)
