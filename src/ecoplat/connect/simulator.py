@@ -27,6 +27,8 @@ import paho.mqtt.client as mqtt
 log = logging.getLogger(__name__)
 
 TELEMETRY_TOPIC = "v1/devices/me/telemetry"
+# How long stopping waits for the QoS 1 messages still unacknowledged.
+DRAIN_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,10 +302,13 @@ class Simulator:
         return cb
 
     def _disconnect_all(self) -> None:
-        # QoS 1 messages still in flight would be lost by an immediate disconnect.
+        # QoS 1 messages still in flight (or still queued in paho behind its in-flight window)
+        # would be lost by an immediate disconnect: wait for each device's last one. A platform
+        # under load may take seconds to make them durable.
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
         for info in self._last_publish.values():
             with contextlib.suppress(Exception):
-                info.wait_for_publish(timeout=2)
+                info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
         self._last_publish.clear()
         for c in self._clients:
             try:
