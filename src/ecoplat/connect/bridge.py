@@ -54,7 +54,7 @@ from ecoplat.connect import payloads
 from ecoplat.connect.mqtt import MqttDeviceApi
 from ecoplat.connect.mqtt_client import Message, MqttClient
 from ecoplat.connect.payloads import PayloadError, RejectReason
-from ecoplat.telemetry.points import Frame, Frames, Point, join_points
+from ecoplat.telemetry.points import Point, join_points
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,6 @@ class MqttBridge:
     def _gateway_telemetry(self, ref: Any, payload: bytes, msg: Message) -> bool:
         """Gateway telemetry on the hot path, when every child it names is known already; False
         (nothing done) sends it the slow way, which creates the children."""
-        children = self.device_api.children
         gateway_id = ref.device_id
         try:
             per_device, rejects = payloads.parse_gateway_telemetry(payload, now_ms=int(time.time() * 1000),
@@ -237,17 +236,13 @@ class MqttBridge:
             self.ingest.reject(gateway_id, e.reason.value, e.detail)
             self.client.ack(msg)
             return True
-        out: list[Frame] = []
-        for name, frames in per_device.items():
-            child = children.get((gateway_id, name))
-            if child is None:
-                return False
-            device_id = child.ref.device_id
-            out += [(device_id, ts, values) for ts, values in frames]
+        points = self.device_api.cached_children_frames(ref, per_device)
+        if points is None:
+            return False
         for r in rejects:
             self.ingest.reject(gateway_id, r.reason.value, r.detail)
-        if out:
-            self._enqueue(ref.enterprise_id, Frames(out), msg)
+        if points:
+            self._enqueue(ref.enterprise_id, points, msg)
         else:
             self.client.ack(msg)
         return True

@@ -26,7 +26,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -229,7 +229,7 @@ class MqttDeviceApi:
             if parsed is None:
                 points = None
             else:
-                points = self._cached_children_frames(ref, parsed)
+                points = self.cached_children_frames(ref, parsed)
                 if points is None:
                     return self._queue_gateway_frames(ref, parsed, on_durable)  # a child to look up first
         else:
@@ -337,11 +337,6 @@ class MqttDeviceApi:
         await conn.publish(topic, orjson.dumps(answer))
 
     # -- gateway API ----------------------------------------------------------------------------
-    @property
-    def children(self) -> Mapping[tuple[int, str], _Child]:
-        """(gateway id, child name) → the child, for every child this process has seen."""
-        return self._children
-
     async def child(self, gateway: Any, name: str, device_type: str = "default") -> Any:
         """The child device `name` of this gateway, created under its enterprise on first sight."""
         key = (gateway.device_id, name)
@@ -381,8 +376,9 @@ class MqttDeviceApi:
             self.ingest.reject(ref.device_id, r.reason.value, r.detail)
         return per_device
 
-    def _cached_children_frames(self, ref: Any, per_device: GatewayFrames) -> Frames | None:
-        """The frames of a parsed gateway message when every child is known already, else None."""
+    def cached_children_frames(self, ref: Any, per_device: GatewayFrames) -> Frames | None:
+        """The frames of a parsed gateway message when every child is known already, else None
+        (the hot paths of the embedded broker and of the bridge; children() creates the rest)."""
         out: list[Frame] = []
         children = self._children
         gateway_id = ref.device_id
