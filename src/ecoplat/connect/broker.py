@@ -72,6 +72,7 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
     # order, and the packet ids of its QoS 1 publishes in arrival order (and those done).
     _waiting_publishes = 0
     _last_packet_at = 0.0  # loop.time() of the last packet read (keep-alive)
+    _keep_alive_timer: asyncio.TimerHandle | None = None
     _order: asyncio.Lock | None = None
     _ack_order: collections.deque[int] | None = None
     _ack_ready: set[int] | None = None
@@ -190,7 +191,8 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
         keep_alive = session.keep_alive if session.keep_alive and session.keep_alive > 0 else None
         loop = asyncio.get_running_loop()
         self._last_packet_at = loop.time()
-        watchdog = self._watch_keep_alive(loop, keep_alive * KEEP_ALIVE_GRACE) if keep_alive else None
+        if keep_alive:
+            self._watch_keep_alive(loop, keep_alive * KEEP_ALIVE_GRACE)
         running: collections.deque[asyncio.Task[None]] = collections.deque()
         # With no plugin listening for received packets (the embedded broker loads none),
         # a publish needs no packet object.
@@ -239,24 +241,23 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
             except Exception as e:
                 log.warning("%s: reading from the connection failed: %r", session.client_id, e)
                 break
-        if watchdog is not None:
-            watchdog.cancel()
+        if self._keep_alive_timer is not None:
+            self._keep_alive_timer.cancel()
         while running:
             running.popleft().cancel()
         await self.handle_connection_closed()
         self._reader_stopped.set()
         await self.stop()
 
-    def _watch_keep_alive(self, loop: asyncio.AbstractEventLoop, grace_s: float) -> _KeepAliveWatch:
+    def _watch_keep_alive(self, loop: asyncio.AbstractEventLoop, grace_s: float) -> None:
         """Closes the connection when the client sends nothing for `grace_s` (MQTT 3.1.1 section
         3.1.2.10: one and a half times its keep-alive). One timer per connection, moved on only
         when it fires, rather than a timeout around every packet read."""
-        watch = _KeepAliveWatch()
 
         def check() -> None:
             idle = loop.time() - self._last_packet_at
             if idle < grace_s:
-                watch.timer = loop.call_later(grace_s - idle, check)
+                self._keep_alive_timer = loop.call_later(grace_s - idle, check)
                 return
             client = self.session.client_id if self.session is not None else "?"
             log.info("%s sent nothing for %.1f s (keep-alive %.0f s): closing the connection", client, idle,
@@ -264,8 +265,7 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
             if self._reader_task is not None and not self._reader_task.done():
                 self._reader_task.cancel()
 
-        watch.timer = loop.call_later(grace_s, check)
-        return watch
+        self._keep_alive_timer = loop.call_later(grace_s, check)
 
     def _ack(self, packet_id: int) -> None:
         """Queues a PUBACK; the connection's PUBACKs of one event-loop pass go out in one write.
@@ -297,16 +297,6 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
         if conn is None:
             conn = self._ecoplat_connection = DeviceConnection(self)
         return conn
-
-
-class _KeepAliveWatch:
-    """The keep-alive timer of one connection (replaced each time it fires and finds traffic)."""
-
-    timer: asyncio.TimerHandle | None = None
-
-    def cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
 
 
 class MalformedPacketError(Exception):
