@@ -216,3 +216,53 @@ def test_a_gateway_batch_of_frames_raises_what_the_same_points_raise() -> None:
         want += [(c.device_id, c.active, c.at) for c in as_points.evaluate(
             [Point(d, k, ts, v) for d, ts, values in frames(step) for k, v in values.items()])]  # type: ignore[arg-type]
     assert got == want == [(7, True, 1000)]
+
+
+class _Boxed(float):
+    """A float the engine cannot take for a plain float: every check runs, no quiet band."""
+
+
+def _changes(out: list) -> list[tuple[int, bool, int, float | None]]:  # type: ignore[type-arg]
+    return [(c.rule_id, c.active, c.at, None if c.value is None else float(c.value)) for c in out]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_values_in_the_quiet_band_skip_the_checks_and_change_nothing_they_would_have(seed: int) -> None:
+    """Limits skip values that leave every rule of their key as it is (RuleEngine's quiet band).
+    Whatever happens meanwhile (delays running and expiring on ticks, an alarm restored after a
+    restart, a rule edited), the alarms are exactly those of the same values checked one by one."""
+    import random
+
+    rnd = random.Random(seed)
+    specs = [
+        RuleSpec(id=1, enterprise_id=1, device_id=7, kind="high", key="t", params={"limit": 80.0}, deadband=2.0,
+                 on_delay_s=rnd.choice([0.0, 3.0]), off_delay_s=rnd.choice([0.0, 2.0])),
+        RuleSpec(id=2, enterprise_id=1, device_id=7, kind="high_high", key="t", params={"limit": 90.0}),
+        RuleSpec(id=3, enterprise_id=1, device_id=7, kind="low", key="t", params={"limit": 20.0}, deadband=1.0),
+        RuleSpec(id=4, enterprise_id=1, device_id=7, kind="deviation", key="p", params={"setpoint": 5.0, "limit": 0.5},
+                 deadband=0.1, off_delay_s=rnd.choice([0.0, 1.0])),
+        RuleSpec(id=5, enterprise_id=1, device_id=7, kind="low_low", key="p", params={"limit": 4.0}),
+    ]
+    banded, checked = (RuleEngine(specs, device_resolver=lambda i: DEV if i == 7 else None) for _ in range(2))
+    t, p = 50.0, 5.0
+    for step in range(3000):
+        ts = step * 500
+        t = min(100.0, max(0.0, t + rnd.gauss(0, 4)))
+        p = min(7.0, max(3.0, p + rnd.gauss(0, 0.15)))
+        if rnd.random() < 0.05:
+            p = 5.0 + 0.5  # exactly on the deviation limit: inside, by the check's own arithmetic
+        values = {"t": round(t, rnd.choice([0, 1, 3])), "p": p}
+        got = banded.evaluate(Frames([(7, ts, values)]))
+        want = checked.evaluate(Frames([(7, ts, {k: _Boxed(v) for k, v in values.items()})]))
+        if rnd.random() < 0.1:
+            got += banded.tick(ts + 250)
+            want += checked.tick(ts + 250)
+        if rnd.random() < 0.005:  # a restarted platform restores an alarm the database holds open
+            for e in (banded, checked):
+                e.restore_active(1, 7)
+        if rnd.random() < 0.005:  # an engineer moves the limit
+            edited = RuleSpec(id=3, enterprise_id=1, device_id=7, kind="low", key="t",
+                              params={"limit": rnd.choice([20.0, 30.0])}, deadband=1.0)
+            for e in (banded, checked):
+                e.upsert_rule(edited)
+        assert _changes(got) == _changes(want), f"step {step}: {values}"

@@ -300,6 +300,11 @@ class CompiledRule:
     limit_f: float = 0.0
     clear_level: float = 0.0
     setpoint_f: float = 0.0
+    # Evaluated once per device and instant, after all its keys are in (expressions, deviation
+    # from another key): a frame carrying both keys must not evaluate the rule twice.
+    deferred: bool = False
+    # For the quiet band (RuleEngine._band): _HIGH, _LOW, _DEVIATION or 0 (has none).
+    band: int = 0
 
 
 def compile_rule(spec: RuleSpec) -> CompiledRule:
@@ -395,7 +400,14 @@ def compile_rule(spec: RuleSpec) -> CompiledRule:
         rule.check = _check_deviation_key if rule.reference_key is not None else _check_deviation_setpoint
     else:
         rule.check = _CHECKS[kind]
+    rule.deferred = kind == RuleKind.expression or rule.reference_key is not None
+    if rule.suppress is None:
+        rule.band = (_HIGH if kind in (RuleKind.high, RuleKind.high_high) else
+                     _LOW if low_side else _DEVIATION if rule.check is _check_deviation_setpoint else 0)
     return rule
+
+
+_HIGH, _LOW, _DEVIATION = 1, 2, 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,6 +462,9 @@ class RuleEngine:
         self._multi_keys: dict[int, set[str]] = {}  # device → keys to remember
         self._carry: dict[tuple[int, int], tuple[Any, ...]] = {}  # state kept across a rebind
         self._suppress_index: dict[int, dict[str, list[Binding]]] = {}  # keys of suppress_when
+        # device → key → the quiet band (lo, hi): a float value within it changes no binding of
+        # that key (see _band); missing: not known yet.
+        self._quiet: dict[int, dict[str, tuple[float, float]]] = {}
         for spec in rules:
             if spec.enabled:
                 self._rules[spec.id] = compile_rule(spec)
@@ -482,6 +497,7 @@ class RuleEngine:
                 self._attach(compiled)
                 for d, state in kept.items():
                     b = self._bindings.get((spec.id, d))
+                    self._quiet.pop(d, None)
                     if b is not None:
                         (b.active, b.raw_active, b.pending_since, b.clear_since, b.last_ts,
                          b.last_value) = state
@@ -558,6 +574,7 @@ class RuleEngine:
             (binding.active, binding.raw_active, binding.pending_since, binding.clear_since, binding.last_ts,
              binding.last_value) = carried
         self._bindings[(rule.spec.id, info.id)] = binding
+        self._quiet.pop(info.id, None)
         for key in rule.keys:
             self._index.setdefault(info.id, {}).setdefault(key, []).append(binding)
         if len(rule.keys) > 1 or rule.kind == RuleKind.expression:
@@ -573,6 +590,7 @@ class RuleEngine:
 
     def _unbind(self, key: tuple[int, int]) -> None:
         binding = self._bindings.pop(key)
+        self._quiet.pop(binding.device.id, None)
         _drop(self._index, binding, binding.rule.keys)
         if binding.rule.suppress is not None:
             _drop(self._suppress_index, binding, binding.rule.suppress.names)
@@ -601,14 +619,17 @@ class RuleEngine:
         """Evaluates a batch in order; returns the condition changes it caused.
 
         Frames (one device's values at one instant, as ingest hands them over) are read as they
-        are, without a Point per value; other points are taken as frames of one. Per value: two
-        dict lookups, and per rule on that key a comparison; the delay logic runs only when the
-        condition differs from the alarm's or a delay is running. Expression rules are
-        evaluated once per device and timestamp, after all that instant's keys are in."""
+        are, without a Point per value; other points are taken as frames of one. Per value: a
+        dict lookup and, when the key's rules are limits that the value leaves as they are (its
+        quiet band, see _band), one comparison; otherwise per rule on that key a check, and the
+        delay logic only when the condition differs from the alarm's or a delay is running.
+        Rules over several keys (expressions, deviation from another key) are evaluated once
+        per device and instant, after all that instant's keys are in."""
         out: list[ConditionChange] = []
         index = self._index
         devices = self._devices
         multi = self._multi_keys
+        quiet_of = self._quiet
         deferred: dict[int, tuple[int, dict[int, Binding], Value]] = {}
         frames = points.frames if type(points) is Frames else [(p.device_id, p.ts, {p.key: p.value})
                                                                  for p in points]
@@ -622,9 +643,15 @@ class RuleEngine:
                 if keyed is None and suppressed_by is None:
                     continue
                 if deferred and dev in deferred and deferred[dev][0] != ts:
-                    self._flush_expressions(dev, deferred.pop(dev), out)
+                    self._flush_deferred(dev, deferred.pop(dev), out)
+                quiet = quiet_of.get(dev)
+                if quiet is None:
+                    quiet = quiet_of[dev] = {}
                 keep = multi.get(dev)
                 for key, value in values.items():
+                    band = quiet.get(key)
+                    if band is not None and type(value) is float and band[0] <= value <= band[1]:
+                        continue  # no rule of this key changes (and none needs the value kept)
                     bindings = keyed.get(key) if keyed is not None else None
                     suppressing = suppressed_by.get(key) if suppressed_by is not None else None
                     if not bindings and not suppressing:
@@ -637,15 +664,15 @@ class RuleEngine:
                     if not bindings:
                         continue
                     for b in bindings:
-                        check = b.rule.check
-                        if check is None:  # an expression: wait for the rest of this instant
+                        rule = b.rule
+                        if rule.deferred:  # wait for the rest of this instant
                             entry = deferred.get(dev)
                             if entry is None or entry[0] != ts:
                                 entry = (ts, {}, value)
                             entry[1][id(b)] = b
                             deferred[dev] = (entry[0], entry[1], value)
                             continue
-                        raw = check(self, b, ts, value)
+                        raw = rule.check(self, b, ts, value)  # type: ignore[misc]
                         if raw is None:
                             continue
                         if raw is b.active and b.pending_since is None and b.clear_since is None:
@@ -653,8 +680,10 @@ class RuleEngine:
                             continue
                         b.raw_active = raw
                         self._apply_delays(b, raw, ts, b.last_value, out)
+                    if band is not _NEVER:
+                        quiet[key] = _NEVER if suppressing else _band(bindings)
             for dev, entry in deferred.items():
-                self._flush_expressions(dev, entry, out)
+                self._flush_deferred(dev, entry, out)
         return out
 
     def _evaluate_suppression(self, b: Binding, ts: int, out: list[ConditionChange]) -> None:
@@ -667,16 +696,25 @@ class RuleEngine:
         change = self._change(b, b.active, ts, b.last_value)
         out.append(replace(change, suppression=held, suppressed=held))
 
-    def _flush_expressions(self, dev: int, entry: tuple[int, dict[int, Binding], Value],
-                           out: list[ConditionChange]) -> None:
+    def _flush_deferred(self, dev: int, entry: tuple[int, dict[int, Binding], Value],
+                        out: list[ConditionChange]) -> None:
         ts, bindings, value = entry
         for b in bindings.values():
-            raw = self._expression(b)
-            if raw is None:
+            rule = b.rule
+            if rule.expression is not None:
+                raw = self._expression(b)
+                if raw is None:
+                    continue
+                b.last_value = value
+            else:
+                raw = rule.check(self, b, ts, value)  # type: ignore[misc]
+                if raw is None:
+                    continue
+            if raw is b.active and b.pending_since is None and b.clear_since is None:
+                b.raw_active = raw
                 continue
             b.raw_active = raw
-            b.last_value = value
-            self._apply_delays(b, raw, ts, value, out)
+            self._apply_delays(b, raw, ts, b.last_value, out)
 
     def _expression(self, b: Binding) -> bool | None:
         expr = b.rule.expression
@@ -685,17 +723,19 @@ class RuleEngine:
 
     def _run_expression(self, rule: CompiledRule, expr: CompiledExpression, device_id: int,
                         slot: str) -> bool | None:
-        latest = self._latest.get(device_id, {})
-        names: dict[str, Any] = {}
+        latest = self._latest.get(device_id)
+        if latest is None:
+            return None
         for n in expr.names:
             if n not in latest:
                 return None  # not every key has a value yet
-            names[n] = latest[n]
         evaluator = getattr(rule, slot)
         if evaluator is None:
             evaluator = _make_evaluator()
             setattr(rule, slot, evaluator)
-        evaluator.names = names
+        # The device's latest values as they are: the expression names only keys among them
+        # (the names of functions are never taken as keys, see compile_expression).
+        evaluator.names = latest
         try:
             result = evaluator.eval(expr.source, previously_parsed=expr.tree)
         except Exception:  # noqa: BLE001 - a division by zero on odd data must not stop ingest
@@ -705,6 +745,11 @@ class RuleEngine:
     def _apply_delays(self, b: Binding, raw: bool, ts: int, value: Value | None,
                       out: list[ConditionChange]) -> None:
         rule = b.rule
+        quiet = self._quiet.get(b.device.id)
+        if quiet:  # the binding's state changes: its keys' bands are computed afresh
+            for k in rule.keys:
+                if quiet.get(k) is not _NEVER:
+                    quiet.pop(k, None)
         key = (rule.spec.id, b.device.id)
         if raw:
             b.clear_since = None
@@ -787,6 +832,7 @@ class RuleEngine:
             if b is not None:
                 b.active = True
                 b.raw_active = True
+                self._quiet.pop(device_id, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -879,6 +925,46 @@ def _check_stale(e: RuleEngine, b: Binding, ts: int, value: Value) -> bool | Non
     b.last_ts = ts if b.last_ts is None else max(b.last_ts, ts)
     b.last_value = value
     return False
+
+
+_NEVER = (math.inf, -math.inf)  # a key whose rules have no band: every value is checked
+_CHECK = (math.inf, -math.inf)  # a band that holds for no value now (a delay runs, …)
+
+
+def _band(bindings: Sequence[Binding]) -> tuple[float, float]:
+    """The quiet band of a key's rules: the float values (lo ≤ x ≤ hi) for which every one of
+    them is, and stays, where it is (the check's result is its condition and the alarm's, no
+    delay running), so such a value needs no check. It exists only for limits (high, low and
+    deviation from a setpoint) without suppression by design; their checks change nothing else
+    (last_value is read only when a delay runs or for suppression). Most values of a healthy
+    plant lie in it: half the keys of `ecoplat bench alarms` then cost one comparison."""
+    lo, hi = -math.inf, math.inf
+    for b in bindings:
+        r = b.rule
+        kind = r.band
+        if not kind:
+            return _NEVER
+        if b.raw_active is not b.active or b.pending_since is not None or b.clear_since is not None:
+            return _CHECK
+        if kind == _HIGH:
+            if b.active:
+                lo = max(lo, r.clear_level)  # still at or above the clear level
+            else:
+                hi = min(hi, r.limit_f)  # still at or below the limit
+        elif kind == _LOW:
+            if b.active:
+                hi = min(hi, r.clear_level)
+            else:
+                lo = max(lo, r.limit_f)
+        else:
+            if b.active:
+                return _CHECK  # quiet outside an interval: no band
+            # Narrowed by a margin far above the rounding of x - setpoint, so a value in the band
+            # is within the limit as the check computes it.
+            margin = 1e-9 * (abs(r.setpoint_f) + r.limit_f + 1.0)
+            lo = max(lo, r.setpoint_f - r.limit_f + margin)
+            hi = min(hi, r.setpoint_f + r.limit_f - margin)
+    return (lo, hi) if lo <= hi else _CHECK
 
 
 def _drop(index: dict[int, dict[str, list[Binding]]], binding: Binding, keys: Iterable[str]) -> None:
