@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -118,6 +119,35 @@ def test_a_replayed_point_after_deferred_ones_is_counted_once(sqlite_url: str, d
     deferring.write([Point(DEV, "x", start + 1000, 5.0)], {DEV: ENT})  # the sender sends it again, changed
     deferring.flush()
     assert _on_disk(sqlite_url)["1m"] == [(_minute(start), 2, 6.0, 1.0, 5.0)]
+
+
+def test_deferred_batches_of_one_frame_per_device_fold_what_folding_at_once_folds(tmp_path: Path, sqlite_url: str,
+                                                                                deferring: SqliteTelemetryStore) -> None:
+    """At moderate rates a batch holds one frame per device: the deferring store adds each
+    straight to what it owes. The file ends up as a store folding every batch at once has it."""
+    from ecoplat.migrations_runner import upgrade
+
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    upgrade(other_url)
+    at_once = SqliteTelemetryStore(_file(other_url))
+    start = _now_minute()
+    try:
+        for i in range(30):
+            batch = Frames([(dev, start + i * 700 + dev, {"current_ka": 10.0 + (i * dev) % 7, "volts": 3.0 - i / 10})
+                            for dev in (41, 42, 43)])
+            if i == 20:  # a sender sends a batch again, one value changed
+                batch = Frames([(41, start + 19 * 700 + 41, {"current_ka": 99.0, "volts": 1.1})])
+            for s in (deferring, at_once):
+                s.write(batch, {41: ENT, 42: ENT, 43: ENT})
+        deferring.flush()
+        assert _on_disk(sqlite_url)["owed_from_minute"] == 0
+        mine, theirs = _on_disk(sqlite_url), _on_disk(other_url)
+        assert mine["1m"] == theirs["1m"] and mine["1h"] == theirs["1h"]
+        assert sorted(mine["latest"]) == sorted(theirs["latest"])  # type: ignore[type-var]
+        counts = [row[1] for row in mine["1m"]]  # type: ignore[union-attr]
+        assert sum(counts) == 2 * 3 * 29  # 29 distinct instants of 3 devices, 2 keys; the replay once
+    finally:
+        at_once.close()
 
 
 def test_only_one_store_defers_and_no_other_rebuilds_under_it(sqlite_url: str, deferring: SqliteTelemetryStore) -> None:
