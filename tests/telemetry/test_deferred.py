@@ -104,13 +104,20 @@ def test_old_points_are_folded_at_once(sqlite_url: str, deferring: SqliteTelemet
     assert disk["1m"] == [(T0, 2, 4.0, 1.0, 3.0)] and disk["latest"] == [(T0 + 1000, 3.0, None)]
 
 
-def test_sums_owed_for_a_second_are_flushed_by_the_next_write(sqlite_url: str, deferring: SqliteTelemetryStore) -> None:
+def test_sums_owed_for_the_flush_interval_are_flushed_by_the_next_write(
+        sqlite_url: str, deferring: SqliteTelemetryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ecoplat.telemetry import sqlite as telemetry_sqlite
+
+    monkeypatch.setattr(telemetry_sqlite, "FLUSH_INTERVAL_S", 0.3)
     start = _now_minute()
     deferring.write([Point(DEV, "x", start, 1.0)], {DEV: ENT})
-    time.sleep(1.1)
+    deferring.write([Point(DEV, "x", start + 500, 1.5)], {DEV: ENT})
+    assert _on_disk(sqlite_url)["1m"] == []  # owed for less than the interval: still in memory
+    deferring.write([Point(DEV, "x", start + 600, 0.5)], {DEV: ENT})
+    time.sleep(0.4)
     deferring.write([Point(DEV, "x", start + 1000, 2.0)], {DEV: ENT})
     disk = _on_disk(sqlite_url)
-    assert disk["owed_from_minute"] == 0 and disk["1m"] == [(_minute(start), 2, 3.0, 1.0, 2.0)]
+    assert disk["owed_from_minute"] == 0 and disk["1m"] == [(_minute(start), 4, 5.0, 0.5, 2.0)]
 
 
 def test_a_replayed_point_after_deferred_ones_is_counted_once(sqlite_url: str, deferring: SqliteTelemetryStore) -> None:

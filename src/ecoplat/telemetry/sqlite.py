@@ -18,7 +18,7 @@ Raw rows live in two WITHOUT ROWID tables split at a boundary (`telemetry_state.
 points appends to a few pages of the recent table, where in the series table it rewrote a page
 per series (ten thousand pages, 40 MB of WAL for 1,500 messages in a store of millions of
 points). Every MERGE_INTERVAL_S a write moves the recent rows older than RECENT_WINDOW_MS into
-the series table, a page per series for a second of points, and moves the boundary. A point
+the series table, a page per series for the points since the last merge, and moves the boundary. A point
 older than the boundary goes straight to the series table, so each (series, ts) is in one table;
 reads take both, in one snapshot.
 
@@ -189,9 +189,11 @@ TABLES = ("telemetry_series", "telemetry_raw", "telemetry_latest", "telemetry_ag
           "telemetry_raw_recent", "telemetry_state")
 
 # Raw points at most this old (by the store's clock) go to the recent table (migration 0007),
-# which is merged into telemetry_raw this often.
+# which is merged into telemetry_raw this often. A merge rewrites a page per active series
+# whatever the number of rows it moves: every 5 s rather than every second cut the writer's
+# CPU at 12,000 msgs/s (with the flush below) from 0.054 to 0.038 ms a message.
 RECENT_WINDOW_MS = 10_000
-MERGE_INTERVAL_S = 1.0
+MERGE_INTERVAL_S = 5.0
 _MERGE = (
     "INSERT OR REPLACE INTO telemetry_raw (series_id, ts, v_num, v_str) "
     "SELECT series_id, ts, v_num, v_str FROM telemetry_raw_recent WHERE ts < ? ORDER BY series_id, ts",
@@ -199,8 +201,10 @@ _MERGE = (
     "UPDATE telemetry_state SET value = ? WHERE name = 'recent_from'",
 )
 
+# Owed sums are written this often (an upsert per active series and bucket, whatever the rate)
+# and before any read of them; what a crash loses of them is rebuilt from raw rows.
 DEFER_WINDOW_MS = 60_000
-FLUSH_INTERVAL_S = 1.0
+FLUSH_INTERVAL_S = 5.0
 
 # Recovery after a crash of a deferring writer: every bucket from the marked minute on, for all
 # series, rebuilt from what is on disk (the join reads each series' raw rows by its key).
@@ -588,7 +592,7 @@ class SqliteTelemetryStore(SqlTelemetryStore):
         if conn.total_changes - before == (len(nums) + len(recent_nums)) // 3 + len(texts):
             if not deferring:
                 _fold_now(conn, minute, latest)
-            # Whichever way this batch went, sums owed for a second are written now.
+            # Whichever way this batch went, sums owed for FLUSH_INTERVAL_S are written now.
             if self._owed_since is not None and time.monotonic() - self._owed_since >= FLUSH_INTERVAL_S:
                 self._flush_owed(conn)
             return
