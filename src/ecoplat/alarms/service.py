@@ -73,8 +73,8 @@ def publish_after_commit(db: Session, publish: Callable[[str, dict[str, Any]], N
     """Publishes the alarm and rule events this session collected once it commits."""
 
     def _after_commit(session: Session) -> None:
-        for topic, data in session.info.pop(PENDING_EVENTS, []):
-            publish(topic, data() if callable(data) else data)
+        for topic, data in built_events(take_pending_events(session)):
+            publish(topic, data)
 
     def _after_rollback(session: Session, _previous: Any) -> None:
         session.info.pop(PENDING_EVENTS, None)
@@ -83,6 +83,20 @@ def publish_after_commit(db: Session, publish: Callable[[str, dict[str, Any]], N
         db.info["ecoplat.alarm_hook"] = True
         event.listen(db, "after_commit", _after_commit)
         event.listen(db, "after_soft_rollback", _after_rollback)
+
+
+PendingEvent = tuple[str, dict[str, Any] | Callable[[], dict[str, Any]]]
+
+
+def take_pending_events(db: Session) -> list[PendingEvent]:
+    """The events this session has collected, taken from it: for a caller that commits the
+    session itself and publishes them after (the alarm writer), instead of publish_after_commit."""
+    return db.info.pop(PENDING_EVENTS, [])  # type: ignore[no-any-return]
+
+
+def built_events(pending: Sequence[PendingEvent]) -> list[tuple[str, dict[str, Any]]]:
+    """(topic, data) of taken events, their data built now (after the commit)."""
+    return [(topic, data() if callable(data) else data) for topic, data in pending]
 
 
 def _queue_event(db: Session, topic: str, data: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:

@@ -99,12 +99,12 @@ class AlarmWriter:
         pass
 
     def _transaction(self, work: Callable[[Any], Any]) -> Written:
-        written = Written()
         with self.database.session() as db:
-            service.publish_after_commit(db, lambda topic, data: written.events.append((topic, data)))
             work(db)
-            written.outbox_rows = service.outbox_rows_written(db)
-        return written
+            pending = service.take_pending_events(db)
+            outbox_rows = service.outbox_rows_written(db)
+        # Committed (the session commits as the block ends, or raises): the events are on record.
+        return Written(events=service.built_events(pending), outbox_rows=outbox_rows)
 
 
 def take_sqlite_write_lock(db: Any) -> None:
