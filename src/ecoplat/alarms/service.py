@@ -637,11 +637,12 @@ _OPEN_ALARMS = (select(*(_alarms[k] for k in _ALARM_COLUMNS))
                 .where(_alarms.rule_id.in_(bindparam("rules", expanding=True)),
                        _alarms.device_id.in_(bindparam("devices", expanding=True)), _alarms.closed_at.is_(None))
                 .with_for_update())
-_OPEN_ALARM_STAMPS = (select(_alarms.id, _alarms.updated_at)
-                      .where(or_(and_(_alarms.rule_id.in_(bindparam("rules", expanding=True)),
-                                      _alarms.device_id.in_(bindparam("devices", expanding=True)),
-                                      _alarms.closed_at.is_(None)),
-                                 _alarms.id > bindparam("after"))))
+_PLANNED = and_(_alarms.rule_id.in_(bindparam("rules", expanding=True)),
+                _alarms.device_id.in_(bindparam("devices", expanding=True)), _alarms.closed_at.is_(None))
+# The open alarms planned from (PostgreSQL, which reserves ids from its sequence) and, on
+# SQLite, any alarm opened since (id > the largest id when planning).
+_OPEN_ALARM_STAMPS = select(_alarms.id, _alarms.updated_at).where(_PLANNED)
+_OPEN_ALARM_STAMPS_SINCE = select(_alarms.id, _alarms.updated_at).where(or_(_PLANNED, _alarms.id > bindparam("after")))
 
 
 def _pair_params(pairs: set[tuple[int, int]]) -> dict[str, list[int]]:
@@ -898,11 +899,13 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange], *,
     prepared = _sqlite_writes(db, plan) if sqlite else None
     if lock is not None:
         lock()
-        pairs = {(c.rule_id, c.device_id) for c in changes}
-        # One statement: the open alarms planned from, and any alarm opened since (id > max_id;
-        # PostgreSQL, with no max_id, gets here only with a lock, which it has no use for).
-        after = plan.max_id if plan.max_id is not None else 2**62
-        if dict(db.execute(_OPEN_ALARM_STAMPS, _pair_params(pairs) | {"after": after}).all()) != plan.seen:
+        params = _pair_params({(c.rule_id, c.device_id) for c in changes})
+        # One statement: the open alarms planned from, and any alarm opened since.
+        if plan.max_id is None:
+            found = db.execute(_OPEN_ALARM_STAMPS, params)
+        else:
+            found = db.execute(_OPEN_ALARM_STAMPS_SINCE, params | {"after": plan.max_id})
+        if dict(found.all()) != plan.seen:
             plan = _plan(db, changes, channels_of, existing_rules)
             prepared = _sqlite_writes(db, plan) if sqlite else None
     _write_plan(db, plan, prepared)
