@@ -106,6 +106,18 @@ def test_stale_data_is_found_by_tick_and_cleared_by_next_value() -> None:
     assert run(e, "t", [(41_000, 2.0)]) == [(False, 41_000)]
 
 
+def test_a_clock_behind_the_last_point_neither_raises_nor_clears_stale_data() -> None:
+    """The ticker runs on the platform's clock; a device whose clock is ahead sends points
+    stamped later than that. A tick before the last point says nothing about silence."""
+    e = engine_with(kind="stale", key="t", params={"seconds": 30})
+    assert run(e, "t", [(100_000, 1.0)]) == []
+    assert [(c.active, c.at) for c in e.tick(130_001)] == [(True, 130_001)]
+    assert run(e, "t", [(200_000, 2.0)]) == [(False, 200_000)]
+    assert [(c.active, c.at) for c in e.tick(230_001)] == [(True, 230_001)]
+    assert e.tick(150_000) == []  # a clock behind the last point: the alarm stands
+    assert run(e, "t", [(231_000, 3.0)]) == [(False, 231_000)]
+
+
 def test_state_match_does_not_confuse_true_with_one() -> None:
     e = engine_with(kind="state_match", key="run", params={"value": True})
     assert run(e, "run", [(0, 1), (1, True), (2, True), (3, False)]) == [(True, 1), (False, 3)]

@@ -800,7 +800,9 @@ class RuleEngine:
         out: list[ConditionChange] = []
         with self._lock:
             for b in list(self._stale.values()):
-                if b.last_ts is None:
+                if b.last_ts is None or now_ms < b.last_ts:
+                    # No point yet, or a clock behind the last point (a device's clock ahead of
+                    # the platform's): that says nothing about how long the device was silent.
                     continue
                 silent = now_ms - b.last_ts > b.rule.stale_ms
                 if silent and not b.raw_active:
