@@ -111,6 +111,18 @@ def test_device_kinds_follow_names_and_tokens_file(tmp_path: Path) -> None:
         load_devices(path)
 
 
+def test_a_simulator_that_falls_behind_never_stamps_two_samples_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ticks that catch up after the loop fell behind (a busy machine) come a millisecond
+    apart at least: the store keeps one value per device, key and instant, so two samples
+    stamped alike would count as one."""
+    sim = Simulator([], port=1, rate=20_000)  # a tick every 50 us: several within a millisecond
+    stamps: list[int] = []
+    monkeypatch.setattr(sim, "tick", lambda t_s, ts_ms: stamps.append(ts_ms))
+    asyncio.run(sim.run(duration=0.05))
+    assert len(stamps) > 50
+    assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
+
+
 def test_cli_without_tokens_creates_nothing_and_says_what_to_pass() -> None:
     console = Console(record=True, width=200)
     with pytest.raises(typer.Exit) as e:

@@ -345,9 +345,14 @@ class Simulator:
             start = time.monotonic()
             self._t0 = time.time()
             n = 0
+            last_ms = 0
             while duration is None or time.monotonic() - start < duration:
                 now = time.time()
-                self.tick(now - self._t0, int(now * 1000))
+                # Each sample a millisecond after the last at least: ticks that catch up after
+                # the loop fell behind would otherwise share a timestamp, and the store keeps
+                # one value per device, key and instant (a replay, not a second sample).
+                last_ms = max(int(now * 1000), last_ms + 1)
+                self.tick(now - self._t0, last_ms)
                 n += 1
                 await asyncio.sleep(max(0.0, start + n * interval - time.monotonic()))
         finally:
