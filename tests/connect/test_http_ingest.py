@@ -238,3 +238,28 @@ def test_an_http_device_long_polls_for_shared_attribute_updates(server):
         assert r.status_code == 200
         thread.join(10)
     assert got == {"status": 200, "body": {"alarm_ppm": 0.34}}
+
+
+def test_deleting_a_device_deletes_its_telemetry_history(live):
+    """Points, rollups and latest values of a deleted device are deleted with it; another
+    device's history stays."""
+    from ecoplat.telemetry.store import store_for
+
+    client, database = live
+    tenant = seed(database, "E-101", "E-102")
+    (gone, gone_token), (kept, kept_token) = tenant.devices["E-101"], tenant.devices["E-102"]
+    for token in (gone_token, kept_token):
+        for i in range(3):
+            r = client.post(f"/api/v1/{token}/telemetry", json={"ts": 1_764_201_600_000 + i * 1000,
+                                                                "values": {"current_ka": 14.0 + i}})
+            assert r.status_code == 200, r.text
+    store = store_for(client.app)
+    before = store.range(gone, ["current_ka"], 0, 2**53)["current_ka"]
+    assert [s.value for s in before] == [14.0, 15.0, 16.0]
+    assert client.delete(f"/api/devices/{gone}", headers=tenant.headers).status_code == 204
+    assert store.series_of(gone) == {}
+    assert store.range(gone, ["current_ka"], 0, 2**53)["current_ka"] == []
+    assert store.latest(gone) == {}
+    assert [s.value for s in store.range(kept, ["current_ka"], 0, 2**53)["current_ka"]] == [14.0, 15.0, 16.0]
+    assert store.latest(kept)["current_ka"].value == 16.0
+

@@ -3,10 +3,11 @@ provisioning and claiming; the ThingsBoard HTTP device API is mounted from conne
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Body, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ecoplat.api_common import ObjectId, client_ip
@@ -39,6 +40,8 @@ from ecoplat.errors import Conflict, Forbidden, ProblemError
 from ecoplat.pagination import Page, PageQuery
 from ecoplat.tenancy import audit
 from ecoplat.tenancy.auth import Principal, require
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 profiles = APIRouter(prefix="/api/device-profiles", tags=["devices"])
@@ -184,10 +187,25 @@ def update_device(db: DbSession, actor: CanWrite, device_id: ObjectId, data: Dev
 
 
 @devices.delete("/{device_id}", status_code=204)
-def delete_device(db: DbSession, actor: CanRead, device_id: ObjectId, request: Request) -> Response:
+def delete_device(db: DbSession, actor: CanRead, device_id: ObjectId, request: Request,
+                  background: BackgroundTasks) -> Response:
     device = service.delete_device(db, actor=actor, device_id=device_id, ip=client_ip(request))
     _credentials_changed(request, device_id, device.enterprise_id)
+    # Its telemetry history goes too, once the delete has committed (background tasks run after
+    # the session's commit): points, rollups and latest values of a device that is gone.
+    background.add_task(_delete_history, request.app, device_id)
     return Response(status_code=204)
+
+
+def _delete_history(app: Any, device_id: int) -> None:
+    from ecoplat.telemetry.store import store_for
+
+    try:
+        deleted = store_for(app).delete_device(device_id)
+    except Exception:
+        log.exception("deleting the telemetry of deleted device %s failed (retention removes it later)", device_id)
+        return
+    log.info("deleted device %s: %d stored points deleted with it", device_id, deleted)
 
 
 @devices.get("/{device_id}/credentials", response_model=CredentialsOut)

@@ -335,7 +335,8 @@ def update_device(db: Session, *, actor: Principal, device_id: int, data: Device
 
 
 def delete_device(db: Session, *, actor: Principal, device_id: int, ip: str = "") -> Device:
-    """Deletes the device, its attributes and counters (its stored telemetry stays in the store)."""
+    """Deletes the device, its attributes and counters. Its stored telemetry is the telemetry
+    store's (its delete_device): the API deletes it once this has committed."""
     device = get_device(db, actor=actor, device_id=device_id)
     actor.require("devices:write" if device.enterprise_id is not None else "devices:provision")
     before = _snapshot(device)
