@@ -462,9 +462,11 @@ class RuleEngine:
         self._multi_keys: dict[int, set[str]] = {}  # device → keys to remember
         self._carry: dict[tuple[int, int], tuple[Any, ...]] = {}  # state kept across a rebind
         self._suppress_index: dict[int, dict[str, list[Binding]]] = {}  # keys of suppress_when
-        # device → key → the quiet band (lo, hi): a float value within it changes no binding of
-        # that key (see _band); missing: not known yet.
-        self._quiet: dict[int, dict[str, tuple[float, float]]] = {}
+        # device → key → what evaluating a value of it takes, in one place (see _plan_of):
+        # [lo, hi, banded, bindings, suppressing, keep]. A float value with lo <= x <= hi (the
+        # key's quiet band, see _band) changes none of its rules. Built on a device's first
+        # point, dropped whenever its bindings change.
+        self._plans: dict[int, dict[str, list[Any]]] = {}
         for spec in rules:
             if spec.enabled:
                 self._rules[spec.id] = compile_rule(spec)
@@ -497,7 +499,7 @@ class RuleEngine:
                 self._attach(compiled)
                 for d, state in kept.items():
                     b = self._bindings.get((spec.id, d))
-                    self._quiet.pop(d, None)
+                    self._plans.pop(d, None)
                     if b is not None:
                         (b.active, b.raw_active, b.pending_since, b.clear_since, b.last_ts,
                          b.last_value) = state
@@ -574,7 +576,7 @@ class RuleEngine:
             (binding.active, binding.raw_active, binding.pending_since, binding.clear_since, binding.last_ts,
              binding.last_value) = carried
         self._bindings[(rule.spec.id, info.id)] = binding
-        self._quiet.pop(info.id, None)
+        self._plans.pop(info.id, None)
         for key in rule.keys:
             self._index.setdefault(info.id, {}).setdefault(key, []).append(binding)
         if len(rule.keys) > 1 or rule.kind == RuleKind.expression:
@@ -590,7 +592,7 @@ class RuleEngine:
 
     def _unbind(self, key: tuple[int, int]) -> None:
         binding = self._bindings.pop(key)
-        self._quiet.pop(binding.device.id, None)
+        self._plans.pop(binding.device.id, None)
         _drop(self._index, binding, binding.rule.keys)
         if binding.rule.suppress is not None:
             _drop(self._suppress_index, binding, binding.rule.suppress.names)
@@ -626,51 +628,46 @@ class RuleEngine:
         Rules over several keys (expressions, deviation from another key) are evaluated once
         per device and instant, after all that instant's keys are in."""
         out: list[ConditionChange] = []
-        index = self._index
         devices = self._devices
-        multi = self._multi_keys
-        quiet_of = self._quiet
+        plans = self._plans
         deferred: dict[int, tuple[int, dict[int, Binding], Value]] = {}
         frames = points.frames if type(points) is Frames else [(p.device_id, p.ts, {p.key: p.value})
                                                                  for p in points]
         with self._lock:
-            suppress = self._suppress_index
             for dev, ts, values in frames:
                 if dev not in devices:
                     self._known(dev)
-                keyed = index.get(dev)
-                suppressed_by = suppress.get(dev) if suppress else None
-                if keyed is None and suppressed_by is None:
-                    continue
+                plan = plans.get(dev)
+                if plan is None:
+                    plan = self._plan_of(dev)
+                if not plan:
+                    continue  # no rule watches this device
                 if deferred and dev in deferred and deferred[dev][0] != ts:
                     self._flush_deferred(dev, deferred.pop(dev), out)
-                quiet = quiet_of.get(dev)
-                if quiet is None:
-                    quiet = quiet_of[dev] = {}
-                keep = multi.get(dev)
+                latest: dict[str, Value] | None = None
                 for key, value in values.items():
-                    band = quiet.get(key)
-                    if band is not None and type(value) is float and band[0] <= value <= band[1]:
-                        continue  # no rule of this key changes (and none needs the value kept)
-                    bindings = keyed.get(key) if keyed is not None else None
-                    suppressing = suppressed_by.get(key) if suppressed_by is not None else None
-                    if not bindings and not suppressing:
+                    entry = plan.get(key)
+                    if entry is None:
                         continue
-                    if keep is not None and key in keep:
-                        self._latest.setdefault(dev, {})[key] = value
+                    if type(value) is float and entry[0] <= value <= entry[1]:
+                        continue  # no rule of this key changes (and none needs the value kept)
+                    if entry[5]:  # a rule over several keys reads it
+                        if latest is None:
+                            latest = self._latest.setdefault(dev, {})
+                        latest[key] = value
+                    suppressing = entry[4]
                     if suppressing:
                         for b in suppressing:
                             self._evaluate_suppression(b, ts, out)
-                    if not bindings:
-                        continue
+                    bindings = entry[3]
                     for b in bindings:
                         rule = b.rule
                         if rule.deferred:  # wait for the rest of this instant
-                            entry = deferred.get(dev)
-                            if entry is None or entry[0] != ts:
-                                entry = (ts, {}, value)
-                            entry[1][id(b)] = b
-                            deferred[dev] = (entry[0], entry[1], value)
+                            pending = deferred.get(dev)
+                            if pending is None or pending[0] != ts:
+                                pending = (ts, {}, value)
+                            pending[1][id(b)] = b
+                            deferred[dev] = (pending[0], pending[1], value)
                             continue
                         raw = rule.check(self, b, ts, value)  # type: ignore[misc]
                         if raw is None:
@@ -680,11 +677,26 @@ class RuleEngine:
                             continue
                         b.raw_active = raw
                         self._apply_delays(b, raw, ts, b.last_value, out)
-                    if band is not _NEVER:
-                        quiet[key] = _NEVER if suppressing else _band(bindings)
-            for dev, entry in deferred.items():
-                self._flush_deferred(dev, entry, out)
+                    if entry[2]:
+                        entry[0], entry[1] = _band(bindings)
+            for dev, pending in deferred.items():
+                self._flush_deferred(dev, pending, out)
         return out
+
+    def _plan_of(self, dev: int) -> dict[str, list[Any]]:
+        """The device's keys as evaluate() reads them (empty: no rule watches the device)."""
+        keyed = self._index.get(dev) or {}
+        suppressed_by = self._suppress_index.get(dev) or {}
+        keep = self._multi_keys.get(dev) or set()
+        plan: dict[str, list[Any]] = {}
+        for key in keyed.keys() | suppressed_by.keys():
+            bindings = keyed.get(key, [])
+            suppressing = suppressed_by.get(key)
+            # Only limits without suppression by design have a band (see _band).
+            banded = bool(bindings) and not suppressing and all(b.rule.band for b in bindings)
+            plan[key] = [*_CHECK, banded, bindings, suppressing, key in keep]
+        self._plans[dev] = plan
+        return plan
 
     def _evaluate_suppression(self, b: Binding, ts: int, out: list[ConditionChange]) -> None:
         expr = b.rule.suppress
@@ -745,11 +757,12 @@ class RuleEngine:
     def _apply_delays(self, b: Binding, raw: bool, ts: int, value: Value | None,
                       out: list[ConditionChange]) -> None:
         rule = b.rule
-        quiet = self._quiet.get(b.device.id)
-        if quiet:  # the binding's state changes: its keys' bands are computed afresh
+        plan = self._plans.get(b.device.id)
+        if plan:  # the binding's state changes: its keys' bands hold no more
             for k in rule.keys:
-                if quiet.get(k) is not _NEVER:
-                    quiet.pop(k, None)
+                entry = plan.get(k)
+                if entry is not None:
+                    entry[0], entry[1] = _CHECK
         key = (rule.spec.id, b.device.id)
         if raw:
             b.clear_since = None
@@ -834,7 +847,7 @@ class RuleEngine:
             if b is not None:
                 b.active = True
                 b.raw_active = True
-                self._quiet.pop(device_id, None)
+                self._plans.pop(device_id, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -929,8 +942,7 @@ def _check_stale(e: RuleEngine, b: Binding, ts: int, value: Value) -> bool | Non
     return False
 
 
-_NEVER = (math.inf, -math.inf)  # a key whose rules have no band: every value is checked
-_CHECK = (math.inf, -math.inf)  # a band that holds for no value now (a delay runs, …)
+_CHECK = (math.inf, -math.inf)  # a band that holds for no value: every value is checked
 
 
 def _band(bindings: Sequence[Binding]) -> tuple[float, float]:
@@ -944,8 +956,6 @@ def _band(bindings: Sequence[Binding]) -> tuple[float, float]:
     for b in bindings:
         r = b.rule
         kind = r.band
-        if not kind:
-            return _NEVER
         if b.raw_active is not b.active or b.pending_since is not None or b.clear_since is not None:
             return _CHECK
         if kind == _HIGH:
