@@ -198,12 +198,18 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
         # a publish needs no packet object.
         callbacks = getattr(self.plugins_manager, "_event_plugin_callbacks", None)
         fast = isinstance(callbacks, dict) and MQTTEvents.PACKET_RECEIVED not in callbacks
+        # An MQTT 3.1.1 connection's packets are read from the asyncio stream itself (two awaits
+        # a packet, not four through two adapters each); a v5 one through its translation.
+        plain: asyncio.StreamReader | None = None
         while True:
             try:
                 self._reader_ready.set()
                 while running and running[0].done():
                     running.popleft()
-                header = await _read_fixed_header(reader)
+                if plain is None and isinstance(reader, TranslatingReader):
+                    plain = reader.plain_stream
+                source = plain if plain is not None else reader
+                header = await (_read_plain_header(plain) if plain is not None else _read_fixed_header(reader))
                 if header is None:
                     break  # the client closed the connection
                 self._last_packet_at = loop.time()
@@ -212,7 +218,7 @@ class _DeviceProtocolHandler(BrokerProtocolHandler):
                     qos = (flags >> 1) & 0x03
                     ref = getattr(session, "ecoplat_device", None)
                     if ref is not None and qos in (QOS_0, QOS_1):
-                        topic, packet_id, data = _parse_publish(await _read_exactly(reader, length), qos)
+                        topic, packet_id, data = _parse_publish(await _read_exactly(source, length), qos)
                         self._publish(ref, topic, qos, packet_id, data, running)
                         continue
                 if kind in (RESERVED_0, RESERVED_15):
@@ -311,13 +317,38 @@ _PACKET_HANDLERS = {CONNACK: "handle_connack", SUBSCRIBE: "handle_subscribe", UN
 
 
 async def _read_exactly(reader: Any, n: int) -> bytes:
+    """n bytes from an adapter (read) or an asyncio stream (readexactly)."""
     try:
+        if type(reader) is asyncio.StreamReader:
+            return await reader.readexactly(n) if n else b""
         data = await reader.read(n)
     except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as e:
         raise NoDataError("the connection closed mid-packet") from e
     if len(data) < n:
         raise NoDataError("the connection closed mid-packet")
     return bytes(data)
+
+
+async def _read_plain_header(stream: asyncio.StreamReader) -> tuple[int, int, int] | None:
+    """_read_fixed_header from the asyncio stream itself: the type byte and the first length
+    byte in one read (every packet has both), further length bytes one by one."""
+    try:
+        head = await stream.readexactly(2)
+    except asyncio.IncompleteReadError as e:
+        if not e.partial:
+            return None  # the client closed the connection between packets
+        raise NoDataError("the connection closed mid-packet") from e
+    except (ConnectionResetError, BrokenPipeError):
+        return None
+    first, byte = head[0], head[1]
+    length, multiplier = byte & 0x7F, 128
+    while byte & 0x80:
+        if multiplier > 128**3:
+            raise MalformedPacketError("malformed remaining length")
+        byte = (await _read_exactly(stream, 1))[0]
+        length += (byte & 0x7F) * multiplier
+        multiplier *= 128
+    return first >> 4, first & 0x0F, length
 
 
 async def _read_fixed_header(reader: Any) -> tuple[int, int, int] | None:
@@ -416,7 +447,8 @@ class EmbeddedBroker(Broker):
                                listener_name: str) -> None:
         # ThingsBoard's SDK and gateway speak MQTT 5 only; amqtt speaks 3.1.1 (see mqtt5.py).
         state = Mqtt5State()
-        await self._client_connected(listener_name, TranslatingReader(StreamReaderAdapter(reader), state),
+        await self._client_connected(listener_name,
+                                     TranslatingReader(StreamReaderAdapter(reader), state, stream=reader),
                                      TranslatingWriter(StreamWriterAdapter(writer), state))
 
     async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str,

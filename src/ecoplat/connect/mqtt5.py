@@ -13,6 +13,7 @@ The ThingsBoard device API does not use them."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
@@ -191,10 +192,22 @@ def v311_to_v5(packet: bytes, state: Mqtt5State) -> bytes:
 class TranslatingReader(ReaderAdapter):
     """Reads whole packets from the client, rewriting v5 ones to 3.1.1 for amqtt."""
 
-    def __init__(self, inner: ReaderAdapter, state: Mqtt5State) -> None:
+    def __init__(self, inner: ReaderAdapter, state: Mqtt5State, stream: asyncio.StreamReader | None = None) -> None:
+        """stream: the asyncio stream `inner` reads from, if any (see plain_stream)."""
         self._inner = inner
         self._state = state
         self._buffer = bytearray()
+        self._stream = stream
+
+    @property
+    def plain_stream(self) -> asyncio.StreamReader | None:
+        """The asyncio stream itself once the connection is known to speak 3.1.1 and nothing is
+        buffered here: what read() would pass through untouched, read without the two adapter
+        layers (the broker's packet loop reads every PUBLISH that way)."""
+        state = self._state
+        if state.decided and not state.v5 and not self._buffer:
+            return self._stream
+        return None
 
     async def read(self, n: int = -1) -> bytes:
         state = self._state
