@@ -673,10 +673,9 @@ class RuleEngine:
                         if raw is None:
                             continue
                         if raw is b.active and b.pending_since is None and b.clear_since is None:
-                            b.raw_active = raw
-                            continue
-                        b.raw_active = raw
-                        self._apply_delays(b, raw, ts, b.last_value, out)
+                            b.raw_active = raw  # as it was: _settle's usual case, without the call
+                        else:
+                            self._settle(b, raw, ts, out)
                     if entry[2]:
                         entry[0], entry[1] = _band(bindings)
             for dev, pending in deferred.items():
@@ -722,10 +721,14 @@ class RuleEngine:
                 raw = rule.check(self, b, ts, value)  # type: ignore[misc]
                 if raw is None:
                     continue
-            if raw is b.active and b.pending_since is None and b.clear_since is None:
-                b.raw_active = raw
-                continue
-            b.raw_active = raw
+            self._settle(b, raw, ts, out)
+
+    def _settle(self, b: Binding, raw: bool, ts: int, out: list[ConditionChange]) -> None:
+        """A binding's condition as its latest check found it; the delay logic runs only when
+        that differs from the alarm's or a delay is running."""
+        differs = raw is not b.active or b.pending_since is not None or b.clear_since is not None
+        b.raw_active = raw
+        if differs:
             self._apply_delays(b, raw, ts, b.last_value, out)
 
     def _expression(self, b: Binding) -> bool | None:

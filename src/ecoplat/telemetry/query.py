@@ -135,23 +135,26 @@ def bucket_value(bucket: Bucket, agg: str) -> float | int | None:
     return getattr(bucket, agg)
 
 
+def add_sample(acc: dict[tuple[int, int], list[float]], key: tuple[int, int], v: float) -> None:
+    """Adds one value to a rollup accumulator: key (series_id, bucket) -> [count, sum, min, max]."""
+    a = acc.get(key)
+    if a is None:
+        acc[key] = [1, v, v, v]
+    else:
+        a[0] += 1
+        a[1] += v
+        if v < a[2]:
+            a[2] = v
+        if v > a[3]:
+            a[3] = v
+
+
 def fold(rows: Iterable[tuple[int, int, float | None, str | None]], step: int
          ) -> dict[tuple[int, int], list[float]]:
     """Brute-force rollup of (series_id, ts, v_num, v_str) rows: the reference the incremental
-    rollups are checked against, and the fold the SQLite writer uses per batch."""
+    rollups are checked against."""
     acc: dict[tuple[int, int], list[float]] = {}
     for sid, ts, v, _ in rows:
-        if v is None:
-            continue
-        k = (sid, ts - ts % step)
-        a = acc.get(k)
-        if a is None:
-            acc[k] = [1, v, v, v]
-        else:
-            a[0] += 1
-            a[1] += v
-            if v < a[2]:
-                a[2] = v
-            if v > a[3]:
-                a[3] = v
+        if v is not None:
+            add_sample(acc, (sid, ts - ts % step), v)
     return acc

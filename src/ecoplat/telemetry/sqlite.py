@@ -56,7 +56,7 @@ import orjson
 
 from ecoplat.telemetry.base import SqlTelemetryStore
 from ecoplat.telemetry.points import Bucket, Frame, Frames, Point, Sample
-from ecoplat.telemetry.query import HOUR_MS, MINUTE_MS, encode
+from ecoplat.telemetry.query import HOUR_MS, MINUTE_MS, add_sample, encode
 
 # Numbers and text go through separate statements so that no row binds a None: the sqlite3
 # module adapts every non-basic parameter (None included) through a failing attribute lookup,
@@ -553,16 +553,7 @@ class SqliteTelemetryStore(SqlTelemetryStore):
             if n == 1:  # the usual group at moderate rates: one frame, no columns to fold
                 ts = tss[0]
                 for sid, v in zip(sids, rows[0], strict=True):
-                    a = minute.get((sid, bucket))
-                    if a is None:
-                        minute[(sid, bucket)] = [1, v, v, v]
-                    else:
-                        a[0] += 1
-                        a[1] += v
-                        if v < a[2]:
-                            a[2] = v
-                        if v > a[3]:
-                            a[3] = v
+                    add_sample(minute, (sid, bucket), v)
                     cur = latest.get(sid)
                     if cur is None or ts >= cur[0]:
                         latest[sid] = (ts, v, True)
