@@ -631,16 +631,13 @@ class AlarmRow:
 
 
 _alarms = Alarm.__table__.c
-# Built once (expanding IN lists): the statement is compiled once and found in SQLAlchemy's
-# cache afterwards.
-_OPEN_ALARMS = (select(*(_alarms[k] for k in _ALARM_COLUMNS))
-                .where(_alarms.rule_id.in_(bindparam("rules", expanding=True)),
-                       _alarms.device_id.in_(bindparam("devices", expanding=True)), _alarms.closed_at.is_(None))
-                .with_for_update())
+# Built once (expanding IN lists): each statement is compiled once and found in SQLAlchemy's
+# cache afterwards. The open alarms of a batch's rules and devices:
 _PLANNED = and_(_alarms.rule_id.in_(bindparam("rules", expanding=True)),
                 _alarms.device_id.in_(bindparam("devices", expanding=True)), _alarms.closed_at.is_(None))
-# The open alarms planned from (PostgreSQL, which reserves ids from its sequence) and, on
-# SQLite, any alarm opened since (id > the largest id when planning).
+_OPEN_ALARMS = select(*(_alarms[k] for k in _ALARM_COLUMNS)).where(_PLANNED).with_for_update()
+# Under the lock, the open alarms planned from (PostgreSQL, which reserves ids from its
+# sequence) and, on SQLite, any alarm opened since (id > the largest id when planning).
 _OPEN_ALARM_STAMPS = select(_alarms.id, _alarms.updated_at).where(_PLANNED)
 _OPEN_ALARM_STAMPS_SINCE = select(_alarms.id, _alarms.updated_at).where(or_(_PLANNED, _alarms.id > bindparam("after")))
 
@@ -660,7 +657,8 @@ def _max_alarm_id(db: Session) -> int:
 def _plan(db: Session, changes: Sequence[ConditionChange], channels: Mapping[int, Sequence[Any]],
           existing_rules: set[int]) -> _Plan:
     """Runs the changes through the ISA-18.2 state machine; writes nothing. The alarms it reads
-    leave the session again: the plan's rows are written by Core statements."""
+    are plain rows (AlarmRow), never in the session: the plan's rows are written by Core
+    statements."""
     pairs = {(c.rule_id, c.device_id) for c in changes}
     open_alarms: dict[tuple[int, int], AlarmRow] = {}
     seen: dict[int, datetime] = {}
@@ -725,12 +723,12 @@ def _plan(db: Session, changes: Sequence[ConditionChange], channels: Mapping[int
             if not c.active:
                 continue  # a clear with nothing open (e.g. after the alarm was closed by hand)
             alarm = AlarmRow(id=new_id(), enterprise_id=c.enterprise_id, rule_id=c.rule_id,
-                          device_id=c.device_id, site_id=c.site_id, key=c.key[:200], kind=c.kind,
-                          state=sm.AlarmState.normal.value, active=False, acked=True, priority=c.priority,
-                          message=c.message[:1000], value=_json_value(c.value), limit=c.limit, count=0,
-                          first_triggered_at=at, last_triggered_at=at, cleared_at=None, acked_at=None,
-                          acked_by=None, shelved_until=None, shelved_by=None, shelve_reason="",
-                          closed_at=None, created_at=now, updated_at=now)
+                             device_id=c.device_id, site_id=c.site_id, key=c.key[:200], kind=c.kind,
+                             state=sm.AlarmState.normal.value, active=False, acked=True, priority=c.priority,
+                             message=c.message[:1000], value=_json_value(c.value), limit=c.limit, count=0,
+                             first_triggered_at=at, last_triggered_at=at, cleared_at=None, acked_at=None,
+                             acked_by=None, shelved_until=None, shelved_by=None, shelve_reason="",
+                             closed_at=None, created_at=now, updated_at=now)
             new_alarms.append(alarm)
             open_alarms[key] = alarm
             if c.suppressed:
