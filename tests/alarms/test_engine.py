@@ -254,6 +254,12 @@ def test_values_in_the_quiet_band_skip_the_checks_and_change_nothing_they_would_
         RuleSpec(id=4, enterprise_id=1, device_id=7, kind="deviation", key="p", params={"setpoint": 5.0, "limit": 0.5},
                  deadband=0.1, off_delay_s=rnd.choice([0.0, 1.0])),
         RuleSpec(id=5, enterprise_id=1, device_id=7, kind="low_low", key="p", params={"limit": 4.0}),
+        # Rules over several keys read values that the limits above skip, and keep them current.
+        RuleSpec(id=6, enterprise_id=1, device_id=7, kind="expression", key="t",
+                 params={"expression": "t > 60 and p > 5.2"}, on_delay_s=rnd.choice([0.0, 1.0])),
+        RuleSpec(id=7, enterprise_id=1, device_id=7, kind="deviation", key="q", params={"reference_key": "t", "limit": 8.0},
+                 deadband=1.0),
+        RuleSpec(id=8, enterprise_id=1, device_id=7, kind="high", key="q", params={"limit": 85.0}),
     ]
     banded, checked = (RuleEngine(specs, device_resolver=lambda i: DEV if i == 7 else None) for _ in range(2))
     t, p = 50.0, 5.0
@@ -263,7 +269,9 @@ def test_values_in_the_quiet_band_skip_the_checks_and_change_nothing_they_would_
         p = min(7.0, max(3.0, p + rnd.gauss(0, 0.15)))
         if rnd.random() < 0.05:
             p = 5.0 + 0.5  # exactly on the deviation limit: inside, by the check's own arithmetic
-        values = {"t": round(t, rnd.choice([0, 1, 3])), "p": p}
+        values = {"t": round(t, rnd.choice([0, 1, 3])), "p": p, "q": t + rnd.gauss(0, 5)}
+        if rnd.random() < 0.2:  # not every key at every instant
+            del values[rnd.choice(["t", "p", "q"])]
         got = banded.evaluate(Frames([(7, ts, values)]))
         want = checked.evaluate(Frames([(7, ts, {k: _Boxed(v) for k, v in values.items()})]))
         if rnd.random() < 0.1:

@@ -13,6 +13,7 @@ while a device is silent).
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import string
 import threading
@@ -200,8 +201,17 @@ def compile_expression(source: str) -> CompiledExpression:
     """Parses and checks an expression once; raises RuleError with a message a person can act on.
 
     Allowed: numbers, strings, True/False, the device's telemetry keys as names, arithmetic,
-    comparisons, and/or/not, ``x if c else y`` and the functions abs, min, max, round."""
-    source = source.strip()
+    comparisons, and/or/not, ``x if c else y`` and the functions abs, min, max, round.
+
+    Rules with the same expression (one per device, made from one template) share one result:
+    evaluation walks the tree for every point, and one tree stays in the CPU's caches where a
+    thousand copies, one per device, did not (`ecoplat bench alarms`' engine: 1.7 against
+    2.4 us an expression, evaluated device after device)."""
+    return _compiled_expression(source.strip())
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled_expression(source: str) -> CompiledExpression:
     if not source:
         raise RuleError("The expression is empty.", "params.expression")
     if len(source) > MAX_EXPRESSION_LENGTH:
@@ -292,8 +302,6 @@ class CompiledRule:
     template: str = ""
     on_delay_ms: int = 0
     off_delay_ms: int = 0
-    evaluator: SimpleEval | None = None  # one per rule, used under the engine's lock
-    suppress_evaluator: SimpleEval | None = None
     # Precomputed for the per-point checks.
     check: Callable[[Any, Any, int, Any], bool | None] | None = None
     suppress: CompiledExpression | None = None  # suppression by design
@@ -463,10 +471,13 @@ class RuleEngine:
         self._carry: dict[tuple[int, int], tuple[Any, ...]] = {}  # state kept across a rebind
         self._suppress_index: dict[int, dict[str, list[Binding]]] = {}  # keys of suppress_when
         # device → key → what evaluating a value of it takes, in one place (see _plan_of):
-        # [lo, hi, banded, bindings, suppressing, keep]. A float value with lo <= x <= hi (the
-        # key's quiet band, see _band) changes none of its rules. Built on a device's first
-        # point, dropped whenever its bindings change.
+        # [lo, hi, banded, bindings, suppressing, keep, waiting]: `bindings` are checked value by
+        # value, `waiting` (rules over several keys) once the device's instant is in. A float
+        # value with lo <= x <= hi (the key's quiet band, see _band) changes none of `bindings`.
+        # Built on a device's first point, dropped whenever its bindings change.
         self._plans: dict[int, dict[str, list[Any]]] = {}
+        # One evaluator for every expression, used under the lock (its names are set per call).
+        self._evaluator = _make_evaluator()
         for spec in rules:
             if spec.enabled:
                 self._rules[spec.id] = compile_rule(spec)
@@ -630,7 +641,9 @@ class RuleEngine:
         out: list[ConditionChange] = []
         devices = self._devices
         plans = self._plans
-        deferred: dict[int, tuple[int, dict[int, Binding], Value]] = {}
+        # device → [ts, the deferred bindings of the keys its instant had (lists, in key order),
+        # the last such key's value]
+        deferred: dict[int, list[Any]] = {}
         frames = points.frames if type(points) is Frames else [(p.device_id, p.ts, {p.key: p.value})
                                                                  for p in points]
         with self._lock:
@@ -645,16 +658,24 @@ class RuleEngine:
                 if deferred and dev in deferred and deferred[dev][0] != ts:
                     self._flush_deferred(dev, deferred.pop(dev), out)
                 latest: dict[str, Value] | None = None
+                waiting: list[list[Binding]] | None = None  # deferred bindings this frame touched
+                waiting_value: Value = None  # type: ignore[assignment]
                 for key, value in values.items():
                     entry = plan.get(key)
                     if entry is None:
                         continue
-                    if type(value) is float and entry[0] <= value <= entry[1]:
-                        continue  # no rule of this key changes (and none needs the value kept)
                     if entry[5]:  # a rule over several keys reads it
                         if latest is None:
                             latest = self._latest.setdefault(dev, {})
                         latest[key] = value
+                        if entry[6]:  # it waits for the rest of this instant (only such rules do)
+                            if waiting is None:
+                                waiting = [entry[6]]
+                            else:
+                                waiting.append(entry[6])
+                            waiting_value = value
+                    if type(value) is float and entry[0] <= value <= entry[1]:
+                        continue  # no rule checked per value changes
                     suppressing = entry[4]
                     if suppressing:
                         for b in suppressing:
@@ -662,13 +683,6 @@ class RuleEngine:
                     bindings = entry[3]
                     for b in bindings:
                         rule = b.rule
-                        if rule.deferred:  # wait for the rest of this instant
-                            pending = deferred.get(dev)
-                            if pending is None or pending[0] != ts:
-                                pending = (ts, {}, value)
-                            pending[1][id(b)] = b
-                            deferred[dev] = (pending[0], pending[1], value)
-                            continue
                         raw = rule.check(self, b, ts, value)  # type: ignore[misc]
                         if raw is None:
                             continue
@@ -678,6 +692,13 @@ class RuleEngine:
                             self._settle(b, raw, ts, out)
                     if entry[2]:
                         entry[0], entry[1] = _band(bindings)
+                if waiting is not None:
+                    pending = deferred.get(dev)
+                    if pending is None:
+                        deferred[dev] = [ts, waiting, waiting_value]
+                    else:  # the same instant, continued (the other case was flushed above)
+                        pending[1].extend(waiting)
+                        pending[2] = waiting_value
             for dev, pending in deferred.items():
                 self._flush_deferred(dev, pending, out)
         return out
@@ -689,27 +710,31 @@ class RuleEngine:
         keep = self._multi_keys.get(dev) or set()
         plan: dict[str, list[Any]] = {}
         for key in keyed.keys() | suppressed_by.keys():
-            bindings = keyed.get(key, [])
+            every = keyed.get(key, [])
+            bindings = [b for b in every if not b.rule.deferred]  # checked value by value
+            waiting = [b for b in every if b.rule.deferred]  # once per instant, all keys in
             suppressing = suppressed_by.get(key)
             # Only limits without suppression by design have a band (see _band).
             banded = bool(bindings) and not suppressing and all(b.rule.band for b in bindings)
-            plan[key] = [*_CHECK, banded, bindings, suppressing, key in keep]
+            # A deferred rule is over several keys, so its keys are kept (key in keep).
+            plan[key] = [*_CHECK, banded, bindings, suppressing, key in keep, waiting]
         self._plans[dev] = plan
         return plan
 
     def _evaluate_suppression(self, b: Binding, ts: int, out: list[ConditionChange]) -> None:
         expr = b.rule.suppress
         assert expr is not None
-        held = self._run_expression(b.rule, expr, b.device.id, "suppress_evaluator")
+        held = self._run_expression(expr, b.device.id)
         if held is None or held == b.suppressed:
             return
         b.suppressed = held
         change = self._change(b, b.active, ts, b.last_value)
         out.append(replace(change, suppression=held, suppressed=held))
 
-    def _flush_deferred(self, dev: int, entry: tuple[int, dict[int, Binding], Value],
-                        out: list[ConditionChange]) -> None:
-        ts, bindings, value = entry
+    def _flush_deferred(self, dev: int, entry: list[Any], out: list[ConditionChange]) -> None:
+        ts, waiting, value = entry
+        # Each rule once, in the order its keys came (a rule waits under each of its keys).
+        bindings = {id(b): b for group in waiting for b in group}
         for b in bindings.values():
             rule = b.rule
             if rule.expression is not None:
@@ -734,20 +759,16 @@ class RuleEngine:
     def _expression(self, b: Binding) -> bool | None:
         expr = b.rule.expression
         assert expr is not None
-        return self._run_expression(b.rule, expr, b.device.id, "evaluator")
+        return self._run_expression(expr, b.device.id)
 
-    def _run_expression(self, rule: CompiledRule, expr: CompiledExpression, device_id: int,
-                        slot: str) -> bool | None:
+    def _run_expression(self, expr: CompiledExpression, device_id: int) -> bool | None:
         latest = self._latest.get(device_id)
         if latest is None:
             return None
         for n in expr.names:
             if n not in latest:
                 return None  # not every key has a value yet
-        evaluator = getattr(rule, slot)
-        if evaluator is None:
-            evaluator = _make_evaluator()
-            setattr(rule, slot, evaluator)
+        evaluator = self._evaluator
         # The device's latest values as they are: the expression names only keys among them
         # (the names of functions are never taken as keys, see compile_expression).
         evaluator.names = latest
