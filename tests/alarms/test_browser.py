@@ -91,12 +91,17 @@ def test_console_updates_live_and_operator_acknowledges_from_the_page(served: Se
             _ingest(served, 95.5)
             row = page.wait_for_selector("#alarm-rows tr[data-state='unacknowledged']", timeout=15_000)
             assert row is not None and "E-101 catholyte 95.5 Cel above 90.0" in row.inner_text()
+            # The banner counts it too, without a reload, and so does every page loaded afterwards.
+            page.wait_for_selector("#alarm-banner[data-count='1']", timeout=10_000)
+            assert page.inner_text("#alarm-banner") == "1 unacknowledged alarm"
             page.reload()
             assert page.inner_text("#alarm-banner") == "1 unacknowledged alarm"
             page.wait_for_selector("#alarm-live[data-connected='true']", timeout=10_000)
             page.click("#alarm-rows button[data-action='ack']")
             page.wait_for_selector("#alarm-rows tr[data-state='acknowledged']", timeout=10_000)
             assert page.query_selector("#alarm-rows button[data-action='ack']") is None
+            # Nothing is left unacknowledged: the banner goes, live.
+            page.wait_for_selector("#alarm-banner", state="detached", timeout=10_000)
             # The value recovers: the acknowledged alarm returns to normal and leaves the open list.
             _ingest(served, 80.0)
             page.wait_for_selector("#alarm-rows tr.empty", timeout=15_000)

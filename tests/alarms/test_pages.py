@@ -70,6 +70,9 @@ def test_banner_counts_unacknowledged_alarms_on_every_page(client: TestClient, d
         r = client.get(path)
         assert r.status_code == 200, path
         assert 'id="alarm-banner" data-count="2"' in r.text and "2 unacknowledged alarms" in r.text
+    # What a page refreshing its banners gets: the banners alone, not a page.
+    r = client.get("/banners")
+    assert r.status_code == 200 and 'id="alarm-banner" data-count="2"' in r.text and "<html" not in r.text
     client.cookies.set("ecoplat_locale", "zh-CN")
     r = client.get("/alarms")
     assert r.status_code == 200 and 'lang="zh-CN"' in r.text

@@ -241,6 +241,13 @@ def _ecosystem_name(eco: Ecosystem, locale: str) -> str:
     return eco.name_zh if locale == "zh-CN" and eco.name_zh else eco.name_en
 
 
+@router.get("/banners", response_class=HTMLResponse)
+def banners(request: Request, principal: PagePrincipal) -> Response:
+    """The banners under the navigation as they are now, for a page that refreshes them without
+    reloading (the alarm console, after every alarm event)."""
+    return render(request, "_banners.html")
+
+
 @router.get("/", response_class=HTMLResponse)
 def overview(request: Request, db: DbSession, principal: PagePrincipal,
              ecosystem: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
