@@ -735,16 +735,17 @@ def _open_alarms_sqlite(conn: Any, pairs: set[tuple[int, int]]) -> list[AlarmRow
 
 
 def _plan(db: Session, changes: Sequence[ConditionChange], channels: Mapping[int, Sequence[Any]],
-          existing_rules: set[int]) -> _Plan:
+          existing_rules: set[int], conn: Any = None) -> _Plan:
     """Runs the changes through the ISA-18.2 state machine; writes nothing. The alarms it reads
     are plain rows (AlarmRow), never in the session: the plan's rows are written by Core
-    statements."""
+    statements. `conn`: on SQLite, the session's driver connection (driver_connection)."""
     pairs = {(c.rule_id, c.device_id) for c in changes}
     open_alarms: dict[tuple[int, int], AlarmRow] = {}
     seen: dict[int, datetime] = {}
     db.flush()  # what this session changed by the ORM is what the plan starts from
     postgres = _is_postgres(db)
-    conn = None if postgres else driver_connection(db)
+    if conn is None and not postgres:
+        conn = driver_connection(db)
     found = (_open_alarms_sqlite(conn, pairs) if conn is not None
              else [AlarmRow(**row._mapping) for row in db.execute(_OPEN_ALARMS, _pair_params(pairs))])
     for alarm in found:
@@ -887,10 +888,14 @@ def sqlite_datetime(value: datetime | None) -> str | None:
     microseconds."""
     if value is None:
         return None
-    if value.tzinfo is not None and value.utcoffset():
-        value = value.astimezone(UTC)
-    return (f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:{value.minute:02d}:"
-            f"{value.second:02d}.{value.microsecond:06d}")
+    text = value.isoformat(" ")
+    if value.tzinfo is not None:
+        if text.endswith("+00:00"):
+            text = text[:-6]
+        else:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+            text = value.isoformat(" ")
+    return text if value.microsecond else text + ".000000"
 
 
 def _json_payload(table: Any, columns: Sequence[str], rows: list[dict[str, Any]], dialect: Any) -> str | None:
@@ -940,11 +945,11 @@ def _sqlite_writes(db: Session, plan: _Plan) -> list[tuple[str, str]] | None:
     return out
 
 
-def _write_plan(db: Session, plan: _Plan, prepared: list[tuple[str, str]] | None) -> None:
+def _write_plan(db: Session, plan: _Plan, prepared: list[tuple[str, str]] | None, conn: Any = None) -> None:
     if prepared is not None:
         # On the driver's connection, in the session's transaction: through SQLAlchemy each
         # statement cost more than SQLite's work on it.
-        conn = driver_connection(db)
+        conn = conn or driver_connection(db)
         for sql, payload in prepared:
             conn.execute(sql, (payload,))
     else:
@@ -987,10 +992,11 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange], *,
     existing_rules = (rule_ids & known_rules if known_rules is not None
                       else set(db.scalars(select(AlarmRule.id).where(AlarmRule.id.in_(rule_ids)))))
     sqlite = not _is_postgres(db)
+    conn = driver_connection(db) if sqlite else None
     if lock is not None and plan_under_lock:
         lock()
         lock = None  # held from here to the commit
-    plan = _plan(db, changes, channels_of, existing_rules)
+    plan = _plan(db, changes, channels_of, existing_rules, conn)
     prepared = _sqlite_writes(db, plan) if sqlite else None
     if lock is not None:
         lock()
@@ -1001,9 +1007,9 @@ def apply_condition_changes(db: Session, changes: Sequence[ConditionChange], *,
         else:
             found = db.execute(_OPEN_ALARM_STAMPS_SINCE, params | {"after": plan.max_id})
         if dict(found.all()) != plan.seen:
-            plan = _plan(db, changes, channels_of, existing_rules)
+            plan = _plan(db, changes, channels_of, existing_rules, conn)
             prepared = _sqlite_writes(db, plan) if sqlite else None
-    _write_plan(db, plan, prepared)
+    _write_plan(db, plan, prepared, conn)
     # Alarms this session holds as ORM objects are read again after these Core writes.
     for obj in list(db.identity_map.values()):
         if isinstance(obj, Alarm):
