@@ -109,6 +109,45 @@ def test_backpressure_blocks_submitters_bounds_memory_and_loses_nothing(real_db:
         assert (dev.messages_total, dev.points_total) == (20, 100)
 
 
+def test_status_counters_under_a_steady_stream_are_written_twice_a_second_and_at_once_when_it_stops(
+        pipeline: IngestPipeline, real_db: Database) -> None:
+    """A device sending steadily (the queue running empty between its messages) must not cost an
+    UPDATE of the devices table per batch, and its page is current a moment after it stops."""
+    tenant = seed(real_db, "E-101")
+    device_id = tenant.devices["E-101"][0]
+    writes: list[int] = []
+    execute = pipeline._execute_status
+
+    def counted(rows):  # type: ignore[no-untyped-def]
+        writes.append(len(rows))
+        execute(rows)
+
+    pipeline._execute_status = counted  # type: ignore[method-assign]
+
+    async def stream() -> int:
+        n, started = 0, time.monotonic()
+        while time.monotonic() - started < 1.2:
+            await pipeline.submit([Point(device_id, "v", 10_000 + n, float(n))], enterprise_id=tenant.enterprise_id)
+            n += 1
+            await asyncio.sleep(0.01)
+        return n
+
+    sent = asyncio.run(stream())
+    stopped = time.monotonic()
+    while time.monotonic() - stopped < 2:
+        with real_db.session() as s:
+            if s.get(Device, device_id).messages_total == sent:
+                break
+        time.sleep(0.01)
+    caught_up = time.monotonic() - stopped
+    assert sent >= 20
+    with real_db.session() as s:
+        dev = s.get(Device, device_id)
+        assert (dev.messages_total, dev.points_total) == (sent, sent)
+    assert caught_up < 0.5
+    assert 2 <= len(writes) <= 5, writes  # the first batch, every 0.5 s, and once idle
+
+
 class GatedStore:
     """The real store, whose writes wait until the test opens the gate."""
 
