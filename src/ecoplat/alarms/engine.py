@@ -195,6 +195,56 @@ class CompiledExpression:
     source: str
     tree: ast.AST
     names: tuple[str, ...]
+    # (name, op, constant) of every comparison, when the expression is and/or/not over
+    # comparisons of one key with a number (see _thresholds); None otherwise.
+    thresholds: tuple[tuple[str, str, float], ...] | None = None
+
+
+_FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+_OPS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
+
+
+def _thresholds(node: ast.AST) -> list[tuple[str, str, float]] | None:
+    """The comparisons an expression's truth is made of, each as (key, op, number) with the key
+    on the left, when it is built only of and/or/not over comparisons of one key with a number
+    (`t > 60 and p <= 5.2`, `20 < t < 80`): its truth then changes only where a key crosses one
+    of those numbers, which gives expression rules a quiet band (RuleEngine._expression_band).
+    None for anything else (arithmetic, two keys compared, functions, ==)."""
+    if isinstance(node, ast.BoolOp):
+        out: list[tuple[str, str, float]] = []
+        for value in node.values:
+            part = _thresholds(value)
+            if part is None:
+                return None
+            out += part
+        return out
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return _thresholds(node.operand)
+    if not isinstance(node, ast.Compare):
+        return None
+    out = []
+    left = node.left
+    for op, right in zip(node.ops, node.comparators, strict=True):
+        symbol = _OPS.get(type(op))
+        if symbol is None:
+            return None
+        if isinstance(left, ast.Name) and (c := _exact_number(right)) is not None:
+            out.append((left.id, symbol, c))
+        elif isinstance(right, ast.Name) and (c := _exact_number(left)) is not None:
+            out.append((right.id, _FLIPPED[symbol], c))
+        else:
+            return None
+        left = right
+    return out
+
+
+def _exact_number(node: ast.AST) -> float | None:
+    """A numeric constant that a float represents exactly (comparing with it as a float is then
+    the same as comparing with it as written)."""
+    if not isinstance(node, ast.Constant) or isinstance(node.value, bool) or not isinstance(node.value, int | float):
+        return None
+    c = float(node.value)
+    return c if math.isfinite(c) and c == node.value else None
 
 
 def compile_expression(source: str) -> CompiledExpression:
@@ -256,7 +306,9 @@ def _compiled_expression(source: str) -> CompiledExpression:
     if not names:
         raise RuleError("The expression names no telemetry key, so it could never change.",
                         "params.expression")
-    return CompiledExpression(source, module.body, tuple(names))
+    found = _thresholds(module.body)
+    thresholds = tuple(found) if found and not any(n in EXPRESSION_FUNCTIONS for n, _, _ in found) else None
+    return CompiledExpression(source, module.body, tuple(names), thresholds)
 
 
 def _make_evaluator() -> SimpleEval:
@@ -445,6 +497,9 @@ class Binding:
     last_value: Value | None = None
     history: deque[tuple[int, float]] | None = None  # rate-of-change window
     suppressed: bool = False  # suppression by design holds
+    # An expression's last result and quiet band, (key, lo, hi) for each key it compares: while
+    # every key's value stays within, the result is the same.
+    quiet: tuple[bool, tuple[tuple[str, float, float], ...]] | None = None
 
 
 class RuleEngine:
@@ -738,9 +793,24 @@ class RuleEngine:
         for b in bindings.values():
             rule = b.rule
             if rule.expression is not None:
+                quiet = b.quiet
+                # Quiet: the values keep the result, which is the condition (a restored alarm's
+                # may not be) and the alarm's, no delay running.
+                if quiet is not None and quiet[0] is b.raw_active is b.active and b.pending_since is None \
+                        and b.clear_since is None:
+                    latest = self._latest.get(dev)
+                    for name, lo, hi in quiet[1]:
+                        x = latest.get(name) if latest is not None else None
+                        if type(x) is not float or not lo <= x <= hi:
+                            break
+                    else:
+                        continue  # its truth, and so the alarm, stay as they are
                 raw = self._expression(b)
                 if raw is None:
+                    b.quiet = None
                     continue
+                band = self._expression_band(b)
+                b.quiet = None if band is None else (raw, band)
                 b.last_value = value
             else:
                 raw = rule.check(self, b, ts, value)  # type: ignore[misc]
@@ -755,6 +825,44 @@ class RuleEngine:
         b.raw_active = raw
         if differs:
             self._apply_delays(b, raw, ts, b.last_value, out)
+
+    def _expression_band(self, b: Binding) -> tuple[tuple[str, float, float], ...] | None:
+        """After an evaluation: for each key the expression compares with a number, the float
+        values (lo <= x <= hi) for which every such comparison keeps the result it has now. Only
+        for rules without suppression by design, and keys whose value is a float."""
+        rule = b.rule
+        expr = rule.expression
+        if expr is None or expr.thresholds is None or rule.suppress is not None:
+            return None
+        latest = self._latest.get(b.device.id) or {}
+        bounds: dict[str, list[float]] = {}
+        for name, op, c in expr.thresholds:
+            x = latest.get(name)
+            if type(x) is not float or x != x:
+                return None
+            band = bounds.get(name)
+            if band is None:
+                band = bounds[name] = [-math.inf, math.inf]
+            if op == ">":
+                if x > c:
+                    band[0] = max(band[0], math.nextafter(c, math.inf))
+                else:
+                    band[1] = min(band[1], c)
+            elif op == ">=":
+                if x >= c:
+                    band[0] = max(band[0], c)
+                else:
+                    band[1] = min(band[1], math.nextafter(c, -math.inf))
+            elif op == "<":
+                if x < c:
+                    band[1] = min(band[1], math.nextafter(c, -math.inf))
+                else:
+                    band[0] = max(band[0], c)
+            elif x <= c:  # <=
+                band[1] = min(band[1], c)
+            else:
+                band[0] = max(band[0], math.nextafter(c, math.inf))
+        return tuple((name, lo, hi) for name, (lo, hi) in bounds.items())
 
     def _expression(self, b: Binding) -> bool | None:
         expr = b.rule.expression
