@@ -157,6 +157,64 @@ def test_deferred_batches_of_one_frame_per_device_fold_what_folding_at_once_fold
         at_once.close()
 
 
+def test_a_due_flush_is_written_a_part_per_write_and_a_crash_halfway_loses_nothing(
+        tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush that comes due is written over the following writes, a part each, so no write
+    holds the store for the whole of it. Meanwhile the file marks the oldest sums not yet
+    written; a writer that dies halfway is followed by one that rebuilds them, and the file
+    then holds what a store folding every batch at once holds."""
+    from ecoplat.migrations_runner import upgrade
+    from ecoplat.telemetry import sqlite as telemetry_sqlite
+
+    monkeypatch.setattr(telemetry_sqlite, "FLUSH_INTERVAL_S", 0.2)
+    monkeypatch.setattr(telemetry_sqlite, "FLUSH_CHUNK_ROWS", 3)
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    upgrade(other_url)
+    at_once = SqliteTelemetryStore(_file(other_url))
+    deferring = SqliteTelemetryStore(_file(sqlite_url), defer=True)
+    devices = range(41, 51)
+    ents = dict.fromkeys(devices, ENT)
+    start = _now_minute()
+
+    def batch(i: int) -> Frames:
+        return Frames([(dev, start + i * 100 + dev, {"current_ka": 10.0 + (i * dev) % 7}) for dev in devices])
+
+    try:
+        for i in range(3):
+            for s in (deferring, at_once):
+                s.write(batch(i), ents)
+        marked = _on_disk(sqlite_url)["owed_from_minute"]
+        assert marked and _on_disk(sqlite_url)["1m"] == []  # all owed, in memory
+        time.sleep(0.25)
+        rows_seen = []
+        for i in range(3, 5):  # the flush is due: each write writes a part of it
+            for s in (deferring, at_once):
+                s.write(batch(i), ents)
+            disk = _on_disk(sqlite_url)
+            rows_seen.append(len(disk["1m"]))  # type: ignore[arg-type]
+            assert disk["owed_from_minute"] == marked  # the oldest sums are not all written yet
+        assert 0 < rows_seen[0] < rows_seen[1] < len(devices)
+        # The writer dies with part of the flush and newer sums in memory (no flush, no unlock
+        # but by the process's end: the lock file is closed as a dying process's would be).
+        deferring._conn.close()
+        assert deferring._lock_fd is not None
+        os.close(deferring._lock_fd)
+        deferring._lock_fd, deferring._closed = None, True
+        deferring = SqliteTelemetryStore(_file(sqlite_url), defer=True)  # rebuilds from the mark
+        for i in range(5, 7):
+            for s in (deferring, at_once):
+                s.write(batch(i), ents)
+        deferring.flush()
+        mine, theirs = _on_disk(sqlite_url), _on_disk(other_url)
+        assert mine["owed_from_minute"] == 0
+        assert mine["1m"] == theirs["1m"] and mine["1h"] == theirs["1h"]
+        assert sorted(mine["latest"]) == sorted(theirs["latest"])  # type: ignore[type-var]
+        assert sum(row[1] for row in mine["1m"]) == 7 * len(devices)  # type: ignore[union-attr]
+    finally:
+        deferring.close()
+        at_once.close()
+
+
 def test_only_one_store_defers_and_no_other_rebuilds_under_it(sqlite_url: str, deferring: SqliteTelemetryStore) -> None:
     start = _now_minute()
     deferring.write([Point(DEV, "x", start, 1.0)], {DEV: ENT})
