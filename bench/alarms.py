@@ -573,7 +573,9 @@ def main() -> None:
         "alarm_write_failures": alarm_failures,
         "backend": "sqlite",
         "broker": "embedded amqtt",
-        "meets_target": bool(not args.rate and lat["p99_ms"] is not None and lat["p99_ms"] < 100 and 1 - msgs_on / msgs_off <= 0.20),
+        # Only at the rate asked: a run that fell behind measured a lower rate than half the peak.
+        "meets_target": bool(not args.rate and achieved >= 0.97 * rate and lat["p99_ms"] is not None
+                             and lat["p99_ms"] < 100 and 1 - msgs_on / msgs_off <= 0.20),
     }
     print_final_json(result)
 
