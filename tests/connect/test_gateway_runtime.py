@@ -99,9 +99,17 @@ def test_modbus_connector_feeds_the_store_survives_server_loss_and_follows_chang
             # Stopped: the manager no longer runs it.
             assert client.post(f"/api/connectors/{cid}/stop", headers=h).status_code == 200
             wait_for(lambda: _status(client, h, cid)["running"] is False, what="stopped")
-            time.sleep(0.3)  # a poll submitted just before the stop still becomes durable
-            stopped_at = _latest(client, h, device_id)["dp_kpa"]["ts"]
-            time.sleep(0.5)
+
+            # A poll submitted just before the stop still becomes durable (on a busy machine, more
+            # than 0.3 s later): wait until no value has come for ten poll intervals, then no more
+            # may come. A connector still polling every 100 ms would never go quiet that long.
+            def quiet() -> int | None:
+                ts = _latest(client, h, device_id)["dp_kpa"]["ts"]
+                time.sleep(1.0)
+                return ts if _latest(client, h, device_id)["dp_kpa"]["ts"] == ts else None
+
+            stopped_at = wait_for(quiet, what="no values after the stop")
+            time.sleep(1.0)
             assert _latest(client, h, device_id)["dp_kpa"]["ts"] == stopped_at
     finally:
         server.close()
