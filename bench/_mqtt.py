@@ -46,6 +46,20 @@ def publish_packet(topic: bytes, packet_id: int, payload: bytes) -> bytes:
     return b"\x32" + _remaining_length(len(topic) + 2 + len(payload)) + topic + struct.pack("!H", packet_id) + payload
 
 
+def remaining_length(buf: bytes, pos: int) -> tuple[int, int] | None:
+    """(remaining length, where the body starts) of the packet whose fixed header starts at pos
+    (MQTT 3.1.1 section 2.2.3); None while the length's bytes are not all in buf."""
+    length, shift, i, end = 0, 0, pos + 1, len(buf)
+    while i < end:
+        b = buf[i]
+        i += 1
+        length |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return length, i
+    return None
+
+
 def topic_field(topic: str) -> bytes:
     return _string(topic)
 
@@ -99,16 +113,10 @@ class Publisher:
                 first = buf[pos]
                 if first >> 4 != 4:  # only PUBACKs are expected
                     raise MqttProtocolError(f"unexpected packet type {first >> 4} from the broker")
-                length, shift, i = 0, 0, pos + 1
-                while i < end:
-                    b = buf[i]
-                    i += 1
-                    length |= (b & 0x7F) << shift
-                    shift += 7
-                    if not b & 0x80:
-                        break
-                else:
+                found = remaining_length(buf, pos)
+                if found is None:
                     break  # the length is not all here yet
+                length, i = found
                 if end - i < length:
                     break
                 pos = i + length

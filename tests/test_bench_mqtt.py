@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from bench._mqtt import MqttProtocolError, Publisher, topic_field
+from bench._mqtt import MqttProtocolError, Publisher, remaining_length, topic_field
 
 
 def _publishes(data: bytes) -> list[tuple[int, bytes]]:
@@ -15,14 +15,9 @@ def _publishes(data: bytes) -> list[tuple[int, bytes]]:
     out, pos = [], 0
     while pos < len(data):
         assert data[pos] == 0x32
-        length, shift, pos = 0, 0, pos + 1
-        while True:
-            b = data[pos]
-            pos += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        found = remaining_length(data, pos)
+        assert found is not None
+        length, pos = found
         body = data[pos:pos + length]
         topic_len = int.from_bytes(body[:2], "big")
         out.append((int.from_bytes(body[2 + topic_len:4 + topic_len], "big"), body[4 + topic_len:]))
