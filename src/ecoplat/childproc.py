@@ -88,6 +88,8 @@ def serve(open_handler: Callable[[Any], Handler], *, name: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Ctrl-C in a terminal reaches the whole process group; the parent stops the child in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if len(sys.argv) > 2:
+        os.nice(int(sys.argv[2]))  # before any thread: each thread has its own niceness on Linux
     conn = Connection(int(sys.argv[1]))
     try:
         setup = conn.recv()
@@ -134,12 +136,14 @@ class WorkerProcess:
     """The parent's side: starts `python -m module FD`, sends it `setup`, and runs calls in it
     one at a time (a lock orders callers from several threads)."""
 
-    def __init__(self, module: str, setup: Any, *, name: str, wait: bool = True) -> None:
+    def __init__(self, module: str, setup: Any, *, name: str, wait: bool = True, nice: int = 0) -> None:
         """Starts the child; with `wait`, returns once it is ready (or raises why it is not),
-        else its first call waits for that."""
+        else its first call waits for that. `nice`: how much lower than this process's the
+        child's CPU priority is (it applies that itself, as it starts)."""
         self.module = module
         self.setup = setup
         self.name = name
+        self.nice = nice
         self.restarts = 0
         self._call_lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
@@ -165,7 +169,8 @@ class WorkerProcess:
         (an app starting up) goes on while the child imports what it needs."""
         ours, theirs = socket.socketpair()
         with theirs:
-            process = subprocess.Popen([sys.executable, "-m", self.module, str(theirs.fileno())],
+            process = subprocess.Popen([sys.executable, "-m", self.module, str(theirs.fileno()),
+                                        *([str(self.nice)] if self.nice else [])],
                                        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         conn = Connection(ours.detach())
         try:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from ecoplat.app import create_app
 from ecoplat.telemetry import runtime
 from ecoplat.telemetry.base import SqlTelemetryStore
 from ecoplat.telemetry.points import Point
 from ecoplat.telemetry.service import apply_all_retention
+from ecoplat.telemetry.writer import ProcessWriteStore
 
 from .builders import T0
 from .conftest import ApiEnv
@@ -28,6 +30,10 @@ def test_runtime_opens_the_store_and_a_retention_pass_applies_each_enterprises_d
         await runtime.start(app)
         store: SqlTelemetryStore = app.state.telemetry
         assert app.state.telemetry_retention_task is not None
+        # The platform's writer process yields the CPU to the broker and the alarm path.
+        assert isinstance(store, ProcessWriteStore) and store.writer_pid is not None
+        assert api.settings.telemetry_writer_nice == 10
+        assert os.getpriority(os.PRIO_PROCESS, store.writer_pid) == min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)
         old, new = T0 - 31 * DAY, T0 - DAY
         await asyncio.to_thread(store.write, [Point(b_dev, "ppm", old, 1.0), Point(b_dev, "ppm", new, 2.0)],
                                 {b_dev: api.b.enterprise_id})

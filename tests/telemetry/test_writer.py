@@ -84,3 +84,27 @@ def test_close_stops_the_writer_and_later_writes_say_so(database_url: str) -> No
     assert process_gone(pid)
     with pytest.raises(WriterProcessError, match="closed"):
         s.write([Point(new_device_id(), "x", T0, 1.0)], {1: 1})
+
+
+def test_the_writer_runs_at_the_lower_cpu_priority_it_is_given_and_so_does_its_replacement(database_url: str) -> None:
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    with open_process_store(database_url) as plain:
+        assert plain.writer_pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, plain.writer_pid) == own  # 0: the platform's own
+    s = open_store(database_url, write_process=True, writer_nice=5)
+    assert isinstance(s, ProcessWriteStore)
+    try:
+        first = s.writer_pid
+        assert first is not None
+        assert os.getpriority(os.PRIO_PROCESS, first) == min(own + 5, 19)
+        dev, ent = new_device_id(), new_enterprise_id()
+        s.write([Point(dev, "x", T0, 1.0)], {dev: ent})
+        os.kill(first, signal.SIGKILL)
+        assert process_gone(first)
+        with pytest.raises(WriterProcessError):
+            s.write([Point(dev, "x", T0 + 1000, 2.0)], {dev: ent})
+        s.write([Point(dev, "x", T0 + 1000, 2.0)], {dev: ent})
+        assert s.writer_pid not in (None, first)
+        assert os.getpriority(os.PRIO_PROCESS, s.writer_pid) == min(own + 5, 19)
+    finally:
+        s.close()

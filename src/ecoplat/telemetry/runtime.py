@@ -30,8 +30,10 @@ async def _retention_loop(app: FastAPI) -> None:
 
 
 async def start(app: FastAPI) -> None:
+    settings = app.state.settings
     app.state.telemetry = await asyncio.to_thread(
-        open_store, app.state.db.url, write_process=app.state.settings.telemetry_write_process)
+        open_store, app.state.db.url, write_process=settings.telemetry_write_process,
+        writer_nice=settings.telemetry_writer_nice)
     app.state.telemetry_retention_task = asyncio.create_task(_retention_loop(app),
                                                              name="telemetry-retention")
 

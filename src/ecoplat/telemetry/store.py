@@ -15,10 +15,12 @@ if TYPE_CHECKING:
 # for open_target() alone, and starts faster without them.
 
 
-def open_store(url_or_settings: str | Settings, *, write_process: bool = False) -> SqlTelemetryStore:
+def open_store(url_or_settings: str | Settings, *, write_process: bool = False,
+               writer_nice: int = 0) -> SqlTelemetryStore:
     """A TelemetryStore for a SQLAlchemy URL (or the settings' database URL). The tables must
     exist (migrations 0002 and, on SQLite, 0006). With write_process, its writes run in a child
-    process and its reads here (telemetry/writer.py): what the platform process does."""
+    process and its reads here (telemetry/writer.py): what the platform process does, its
+    child's CPU priority lowered by writer_nice."""
     url = url_or_settings if isinstance(url_or_settings, str) else url_or_settings.resolved_database_url
     target = store_target(url)
     reader = open_target(target)
@@ -27,7 +29,7 @@ def open_store(url_or_settings: str | Settings, *, write_process: bool = False) 
     from ecoplat.telemetry.writer import ProcessWriteStore
 
     try:
-        return ProcessWriteStore(target, reader)
+        return ProcessWriteStore(target, reader, nice=writer_nice)
     except BaseException:
         reader.close()
         raise

@@ -62,14 +62,15 @@ class ProcessWriteStore(SqlTelemetryStore):
     """A telemetry store whose writes run in a child process (see the module's doc) and whose
     reads run here, on `reader` (a store of the same backend on the same database)."""
 
-    def __init__(self, target: tuple[str, str], reader: SqlTelemetryStore) -> None:
-        """target: what telemetry.store.store_target() gives for the database URL."""
+    def __init__(self, target: tuple[str, str], reader: SqlTelemetryStore, *, nice: int = 0) -> None:
+        """target: what telemetry.store.store_target() gives for the database URL; nice: how
+        much lower the child's CPU priority is than this process's (Settings.telemetry_writer_nice)."""
         super().__init__()
         self.target = target
         self.reader = reader
         self.placeholder = reader.placeholder
         self.raw_tables = reader.raw_tables
-        self._worker = WorkerProcess("ecoplat.telemetry.writer", target, name="telemetry writer")
+        self._worker = WorkerProcess("ecoplat.telemetry.writer", target, name="telemetry writer", nice=nice)
 
     def _reader(self) -> AbstractContextManager[Any]:
         return self.reader._reader()
