@@ -573,6 +573,8 @@ def main() -> None:
         "alarm_write_failures": alarm_failures,
         "backend": "sqlite",
         "broker": "embedded amqtt",
+        # How much lower the telemetry writer's CPU priority is than the platform's (Settings).
+        "telemetry_writer_nice": settings.telemetry_writer_nice,
         # Only at the rate asked: a run that fell behind measured a lower rate than half the peak.
         "meets_target": bool(not args.rate and achieved >= 0.97 * rate and lat["p99_ms"] is not None
                              and lat["p99_ms"] < 100 and 1 - msgs_on / msgs_off <= 0.20),
