@@ -64,14 +64,17 @@ class Settings(BaseSettings):
     # The telemetry store's writes in a child process (telemetry/writer.py): they then hold no
     # GIL the broker, the rule engine and the alarm writer wait for. False writes in-process.
     telemetry_write_process: bool = True
-    # That child lowers its CPU priority by this much (os.nice; 0 keeps the platform's). On two
-    # busy cores the scheduler then runs the broker and the alarm process first whenever they
-    # are ready, and the historian's batched writes take the time left, as storage engines run
-    # their compactions (RocksDB's lowered compaction priority). Measured (bench alarms at a
-    # fixed 7,000 msgs/s, 20 s, interleaved): p99 publish→alarm 89-157 ms, median 109, at 0 (3 of
-    # 6 runs fell behind the rate); 81-118 ms, median 93, at 10 (1 of 5 did). Lowering needs no
-    # privilege; raising it back would.
-    telemetry_writer_nice: int = Field(default=10, ge=0, le=19)
+    # That child can lower its CPU priority by this much (os.nice; 0 keeps the platform's): the
+    # scheduler then runs the broker and the alarm process first whenever they are ready, and
+    # the historian's batched writes take the time left, as storage engines run their
+    # compactions (RocksDB's lowered compaction priority). It pays only with CPU to spare.
+    # Measured (bench alarms, 2 cores, interleaved runs): at a fixed 7,000 msgs/s, p99
+    # publish→alarm 89-157 ms (median 109) at 0, 81-118 ms (median 93) at 10; at half the
+    # measured peak, where the machine was at capacity, 10 and 5 starved the writer: its queue
+    # filled, back-pressure slowed the broker's reads, and 8 of 10 runs fell behind the rate
+    # with p99 0.28-3.4 s, against 3 of 5 only slightly behind with p99 0.11-0.33 s at 0. So 0
+    # unless the platform has headroom. Lowering needs no privilege; raising it back would.
+    telemetry_writer_nice: int = Field(default=0, ge=0, le=19)
     # The alarm writes likewise (alarms/writer.py); in-process regardless where the database is
     # in memory or the sessions are bound to one connection (tests).
     alarm_write_process: bool = True
