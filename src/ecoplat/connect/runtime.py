@@ -19,10 +19,9 @@ async def start_ingest(app: FastAPI) -> IngestPipeline:
     store = getattr(app.state, "telemetry", None)
     if store is None:
         # Telemetry's runtime normally opens the store first; open one here when run alone.
-        from ecoplat.telemetry.store import open_store
+        from ecoplat.telemetry.store import open_platform_store
 
-        store = open_store(settings, write_process=settings.telemetry_write_process,
-                           writer_nice=settings.telemetry_writer_nice)
+        store = open_platform_store(settings)
         app.state.telemetry = store
         app.state.connect_opened_store = True
     pipeline = IngestPipeline(database=app.state.db, store=store, events=app.state.events,

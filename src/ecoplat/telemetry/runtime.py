@@ -10,7 +10,7 @@ import logging
 from fastapi import FastAPI
 
 from ecoplat.telemetry.service import apply_all_retention
-from ecoplat.telemetry.store import open_store
+from ecoplat.telemetry.store import open_platform_store
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,7 @@ async def _retention_loop(app: FastAPI) -> None:
 
 
 async def start(app: FastAPI) -> None:
-    settings = app.state.settings
-    app.state.telemetry = await asyncio.to_thread(
-        open_store, app.state.db.url, write_process=settings.telemetry_write_process,
-        writer_nice=settings.telemetry_writer_nice)
+    app.state.telemetry = await asyncio.to_thread(open_platform_store, app.state.settings, app.state.db.url)
     app.state.telemetry_retention_task = asyncio.create_task(_retention_loop(app),
                                                              name="telemetry-retention")
 

@@ -35,6 +35,13 @@ def open_store(url_or_settings: str | Settings, *, write_process: bool = False,
         raise
 
 
+def open_platform_store(settings: Settings, url: str | None = None) -> SqlTelemetryStore:
+    """The platform's store for `url` (default: the settings' database URL), its writes where
+    the settings put them (telemetry_write_process, telemetry_writer_nice)."""
+    return open_store(url or settings.resolved_database_url, write_process=settings.telemetry_write_process,
+                      writer_nice=settings.telemetry_writer_nice)
+
+
 def store_target(url: str) -> tuple[str, str]:
     """(backend, where): the telemetry file of a SQLite URL, the libpq conninfo of a PostgreSQL one."""
     from sqlalchemy.engine import make_url
